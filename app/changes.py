@@ -1,0 +1,43 @@
+"""Typed change events: what the decode stage hands to the join stage.
+
+Pure: no Kafka, no Faust, no SQL. A :class:`Change` is one row-level change of one
+Product-database table, already decoded from Debezium's envelope into plain Python
+values (``int``, ``str``, ``Decimal``, ``datetime.date``, ``None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+SourceTable = Literal["categories", "warranty_types", "products", "batches"]
+SOURCE_TABLES: tuple[SourceTable, ...] = get_args(SourceTable)
+
+#: Debezium operation codes, plus ``t`` for a tombstone (Kafka record with a null value).
+Op = Literal["c", "u", "d", "r", "t"]
+
+#: One source row: column name -> decoded value.
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of one source row.
+
+    ``after`` is the row as it now is, or ``None`` when the row no longer exists (a delete
+    or a tombstone). ``before`` is Debezium's before-image, informational only: the join
+    engine never trusts it, it uses its own copy of the row.
+    """
+
+    table: SourceTable
+    key: int
+    after: Row | None
+    before: Row | None = None
+    op: Op = "u"
+    #: Source position (binlog file/pos or GTID), for logs and the dead-letter topic.
+    position: str = ""
+
+    @property
+    def is_delete(self) -> bool:
+        return self.after is None

@@ -1,0 +1,117 @@
+"""`viewsync connectors apply | status | restart`: the Kafka Connect REST API.
+
+Connector configs live in ``connectors/*.json`` with ``{placeholders}`` filled from the
+settings (hosts, ports, topic prefix). Secrets are never written there: the Connect worker
+resolves ``${env:VIEWSYNC_DB_PASSWORD}`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.settings import Settings
+
+CONNECTORS_DIR = Path(__file__).resolve().parent.parent / "connectors"
+SOURCE_CONFIG = CONNECTORS_DIR / "product-source.json"
+
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([a-z_]+)\}")
+
+
+class ConnectError(Exception):
+    """The Connect REST API refused or the connector failed; the message says why."""
+
+
+def render(path: Path, settings: Settings) -> tuple[str, dict[str, str]]:
+    """Fill a connector file's placeholders; return (name, config)."""
+    values = {
+        "connector_name": settings.connector_name,
+        "host": settings.host,
+        "product_db_port": str(settings.product_db_port),
+        "db_user": settings.db_user,
+        "topic_prefix": settings.topic_prefix,
+        "source_database": settings.source_database,
+        "kafka_bootstrap": settings.bootstrap(),
+        "registry_native_url": settings.registry_native_url(),
+    }
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise ConnectError(f"{path}: unknown placeholder {{{key}}}")
+        return values[key]
+
+    doc = json.loads(_PLACEHOLDER.sub(sub, path.read_text()))
+    return str(doc["name"]), {k: str(v) for k, v in doc["config"].items()}
+
+
+class ConnectClient:
+    def __init__(self, settings: Settings, config_path: Path = SOURCE_CONFIG) -> None:
+        self.settings = settings
+        self.base = settings.connect()
+        self.name, self.config = render(config_path, settings)
+
+    def _req(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            r = httpx.request(method, f"{self.base}{path}", timeout=30, **kw)
+        except httpx.HTTPError as exc:
+            raise ConnectError(f"Kafka Connect at {self.base} is unreachable: {exc}") from exc
+        return r
+
+    def current_config(self) -> dict[str, str] | None:
+        r = self._req("GET", f"/connectors/{self.name}/config")
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise ConnectError(f"GET config of {self.name}: {r.status_code} {r.text}")
+        cfg = dict(r.json())
+        cfg.pop("name", None)
+        return cfg
+
+    def apply(self) -> bool:
+        """Create or update the connector; return True when something changed (idempotent)."""
+        if self.current_config() == self.config:
+            return False
+        r = self._req("PUT", f"/connectors/{self.name}/config", json=self.config)
+        if r.status_code not in (200, 201):
+            raise ConnectError(f"PUT config of {self.name}: {r.status_code} {r.text}")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        r = self._req("GET", f"/connectors/{self.name}/status")
+        if r.status_code == 404:
+            raise ConnectError(f"connector {self.name} is not registered (run: viewsync connectors apply)")
+        if r.status_code != 200:
+            raise ConnectError(f"GET status of {self.name}: {r.status_code} {r.text}")
+        return dict(r.json())
+
+    def restart(self) -> None:
+        r = self._req("POST", f"/connectors/{self.name}/restart?includeTasks=true&onlyFailed=false")
+        if r.status_code not in (200, 202, 204):
+            raise ConnectError(f"restart of {self.name}: {r.status_code} {r.text}")
+
+    def wait_running(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the connector and all its tasks are RUNNING; fail fast on FAILED."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.status()
+            except ConnectError:
+                time.sleep(0.5)
+                continue
+            states = [last["connector"]["state"]] + [t["state"] for t in last.get("tasks", [])]
+            if "FAILED" in states:
+                traces = [t.get("trace", "") for t in last.get("tasks", []) if t.get("trace")]
+                raise ConnectError(
+                    f"connector {self.name} FAILED: " + (traces[0][:2000] if traces else str(last))
+                )
+            if last.get("tasks") and all(s == "RUNNING" for s in states):
+                return last
+            time.sleep(0.5)
+        raise ConnectError(f"connector {self.name} not RUNNING within {timeout:.0f}s: {last}")

@@ -1,0 +1,175 @@
+"""One typed settings object for every viewsync command.
+
+Values come, in increasing precedence, from the defaults here, an optional TOML file named
+by ``VIEWSYNC_CONFIG_FILE`` (or ``--config``), and ``VIEWSYNC_*`` environment variables.
+Everything is validated when the settings are loaded, before anything starts; an invalid
+value is reported with the name of its field. Secrets are :class:`SecretStr` and never
+printed (``repr`` shows ``**********``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    """Where the local stack keeps its data.
+
+    ``$XDG_STATE_HOME/viewsync`` (``~/.local/state/viewsync``) for an ordinary user. As root,
+    ``/var/lib/viewsync``: PostgreSQL refuses to run as root, so it runs as the ``postgres``
+    system user, which cannot enter ``/root``.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/viewsync")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "viewsync"
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the field."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VIEWSYNC_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    # --- local stack ------------------------------------------------------------------
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    host: str = "127.0.0.1"
+    product_db_port: int = Field(3307, ge=1, le=65535)
+    purchase_db_port: int = Field(3308, ge=1, le=65535)
+    order_db_port: int = Field(5433, ge=1, le=65535)
+    kafka_port: int = Field(9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    connect_port: int = Field(8083, ge=1, le=65535)
+    registry_port: int = Field(8081, ge=1, le=65535)
+    db_user: str = "viewsync"
+    db_password: SecretStr = SecretStr("viewsync-local")
+    java_heap: str = Field("512m", pattern=r"^\d+[mMgG]$")
+
+    # --- endpoints (derived from the stack settings when not given) --------------------
+    source_url: SecretStr | None = None
+    order_db_url: SecretStr | None = None
+    purchase_db_url: SecretStr | None = None
+    kafka_bootstrap: str | None = None
+    schema_registry_url: str | None = None
+    connect_url: str | None = None
+
+    # --- pipeline ------------------------------------------------------------------------
+    topic_prefix: str = Field("product", pattern=r"^[A-Za-z0-9_.-]+$")
+    source_database: str = Field("product", pattern=r"^[A-Za-z0-9_]+$")
+    connector_name: str = Field("product-source", pattern=r"^[A-Za-z0-9_.-]+$")
+    dead_letter_topic: str = Field("viewsync.dead-letter", pattern=r"^[A-Za-z0-9_.-]+$")
+    worker_id: str = Field("viewsync-worker", pattern=r"^[A-Za-z0-9_.-]+$")
+    sink_batch_size: int = Field(2000, ge=1, le=100_000)
+    sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
+    worker_data_dir: Path | None = None
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        ports = {
+            "product_db_port": self.product_db_port,
+            "purchase_db_port": self.purchase_db_port,
+            "order_db_port": self.order_db_port,
+            "kafka_port": self.kafka_port,
+            "kafka_controller_port": self.kafka_controller_port,
+            "connect_port": self.connect_port,
+            "registry_port": self.registry_port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} are both {port}")
+            seen[port] = name
+        return self
+
+    # --- derived endpoints -------------------------------------------------------------
+    def _mariadb_url(self, port: int, database: str) -> str:
+        pw = quote(self.db_password.get_secret_value(), safe="")
+        return f"mysql+pymysql://{self.db_user}:{pw}@{self.host}:{port}/{database}"
+
+    def product_url(self) -> str:
+        if self.source_url is not None:
+            return self.source_url.get_secret_value()
+        return self._mariadb_url(self.product_db_port, self.source_database)
+
+    def consumer_url(self, consumer: str) -> str:
+        """The SQLAlchemy URL of one consumer database (``VIEWSYNC_<CONSUMER>_DB_URL``)."""
+        given = {"order": self.order_db_url, "purchase": self.purchase_db_url}
+        if consumer not in given:
+            raise ConfigError(f"no database configured for consumer {consumer!r}")
+        url = given[consumer]
+        if url is not None:
+            return url.get_secret_value()
+        if consumer == "order":
+            pw = quote(self.db_password.get_secret_value(), safe="")
+            return (
+                f"postgresql+psycopg://{self.db_user}:{pw}@{self.host}:{self.order_db_port}/order"
+            )
+        return self._mariadb_url(self.purchase_db_port, "purchase")
+
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
+
+    def registry_url(self) -> str:
+        """The Confluent-compatible API of the registry."""
+        return self.schema_registry_url or f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+    def registry_native_url(self) -> str:
+        """Apicurio's own v2 API (what the Kafka Connect converter talks to)."""
+        return self.registry_url().replace("/apis/ccompat/v7", "/apis/registry/v2")
+
+    def connect(self) -> str:
+        return self.connect_url or f"http://{self.host}:{self.connect_port}"
+
+    def topic(self, table: str) -> str:
+        return f"{self.topic_prefix}.{self.source_database}.{table}"
+
+    def worker_dir(self) -> Path:
+        return self.worker_data_dir or (self.state_dir / "worker")
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; raise :class:`ConfigError` naming the bad field."""
+    path = config_file or os.environ.get("VIEWSYNC_CONFIG_FILE")
+    values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            values = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        values = values.get("viewsync", values)
+    # Environment beats the file: drop file values that the environment sets.
+    for key in list(values):
+        if f"VIEWSYNC_{key.upper()}" in os.environ:
+            del values[key]
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(x) for x in err["loc"]) or "settings"
+            env = f"VIEWSYNC_{field.upper()}" if err["loc"] else ""
+            where = f"{field} ({env})" if env else field
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

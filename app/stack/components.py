@@ -1,0 +1,357 @@
+"""The local stack's components: how each one is installed, started and checked.
+
+Every component runs as a plain process bound to loopback, with its data, logs and pid
+file under the state directory. Nothing here sleeps blindly: readiness is a query, a REST
+call or a Kafka metadata request.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from app.settings import Settings
+
+MAVEN_DIR = Path(__file__).parent / "maven"
+SQL_DIR = Path(__file__).parent / "sql"
+
+APT_PACKAGES = ("mariadb-server", "mariadb-client", "postgresql", "postgresql-client")
+
+#: Small JVMs for a 2-core machine.
+JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+
+LOG4J2 = """\
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.reflections.name = org.reflections
+logger.reflections.level = ERROR
+"""
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server binary (Debian keeps them out of PATH)."""
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if candidates:
+        return candidates[-1]
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"PostgreSQL binary {name!r} not found (package postgresql)")
+
+
+@dataclass
+class Component:
+    """One process of the stack."""
+
+    name: str
+    port: int
+    description: str
+    #: Prepares data dirs, config files; idempotent.
+    prepare: Callable[[], None]
+    #: The command line that runs the process in the foreground.
+    command: Callable[[], Sequence[str]]
+    #: True when the component answers for real.
+    healthy: Callable[[], bool]
+    #: Run once after the first healthy start and on every `up` (must be idempotent).
+    bootstrap: Callable[[], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    #: OS user to run as (for PostgreSQL when we are root).
+    run_as: str | None = None
+    ready_timeout: float = 180.0
+
+
+class Paths:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.logs = state / "logs"
+        self.run = state / "run"
+        self.lib = state / "lib"
+        self.conf = state / "conf"
+
+    def data(self, name: str) -> Path:
+        return self.state / "data" / name
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def pidfile(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+
+class StackDefinition:
+    """Builds the component list from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.p = Paths(settings.state_dir)
+
+    # ---------------------------------------------------------------- helpers
+    def _mariadb_socket(self, name: str) -> Path:
+        return self.p.run / f"{name}.sock"
+
+    def mariadb_sql(self, name: str, sql: str) -> str:
+        """Run SQL as the database superuser over the unix socket."""
+        user = "root" if is_root() else os.environ.get("USER", "root")
+        out = subprocess.run(
+            ["mariadb", "--no-defaults", f"--socket={self._mariadb_socket(name)}", "-u", user,
+             "--batch", "--skip-column-names", "-e", sql],
+            check=True, capture_output=True, text=True,
+        )
+        return out.stdout
+
+    def _pg_socket_dir(self) -> Path:
+        return self.p.run / "order-db"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        cmd = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h",
+               str(self._pg_socket_dir()), "-p", str(self.s.order_db_port), "-U", "postgres",
+               "-d", database, "-c", sql]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return out.stdout
+
+    def _as_pg_user(self, cmd: Sequence[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if is_root() else list(cmd)
+
+    def _own_for_pg(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if is_root():
+            shutil.chown(path, "postgres", "postgres")
+
+    # ---------------------------------------------------------------- MariaDB
+    def _mariadb(self, name: str, port: int, server_id: int, binlog: bool, desc: str) -> Component:
+        datadir = self.p.data(name)
+
+        def prepare() -> None:
+            if not (datadir / "mysql").exists():
+                datadir.mkdir(parents=True, exist_ok=True)
+                cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}",
+                       "--auth-root-authentication-method=socket", "--skip-test-db"]
+                if is_root():
+                    cmd.append("--user=root")
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+        def command() -> list[str]:
+            cmd = ["mariadbd", "--no-defaults", f"--datadir={datadir}", f"--port={port}",
+                   f"--bind-address={self.s.host}", f"--socket={self._mariadb_socket(name)}",
+                   f"--pid-file={self.p.run / (name + '.mariadb.pid')}",
+                   f"--server-id={server_id}", "--character-set-server=utf8mb4",
+                   "--collation-server=utf8mb4_unicode_ci", "--innodb-buffer-pool-size=128M",
+                   "--max-connections=200", "--skip-name-resolve"]
+            if binlog:
+                cmd += ["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL",
+                        "--binlog-expire-logs-seconds=604800"]
+            if is_root():
+                cmd.append("--user=root")
+            return cmd
+
+        def healthy() -> bool:
+            if not port_open(self.s.host, port):
+                return False
+            try:
+                return self.mariadb_sql(name, "SELECT 1").strip() == "1"
+            except (subprocess.CalledProcessError, FileNotFoundError):
+                return False
+
+        return Component(name, port, desc, prepare, command, healthy)
+
+    # ---------------------------------------------------------------- PostgreSQL
+    def _postgres(self) -> Component:
+        datadir = self.p.data("order-db")
+
+        def prepare() -> None:
+            self._own_for_pg(self._pg_socket_dir())
+            if not (datadir / "PG_VERSION").exists():
+                self._own_for_pg(datadir)
+                subprocess.run(
+                    self._as_pg_user([pg_bin("initdb"), "-D", str(datadir), "-U", "postgres",
+                                      "--auth-local=trust", "--auth-host=scram-sha-256",
+                                      "-E", "UTF8", "--locale=C.UTF-8"]),
+                    check=True, capture_output=True, text=True,
+                )
+
+        def command() -> list[str]:
+            return [
+                pg_bin("postgres"), "-D", str(datadir), "-p", str(self.s.order_db_port),
+                "-c", f"listen_addresses={self.s.host}",
+                "-c", f"unix_socket_directories={self._pg_socket_dir()}",
+                "-c", "shared_buffers=128MB", "-c", "fsync=on", "-c", "max_connections=200",
+            ]
+
+        def healthy() -> bool:
+            if not port_open(self.s.host, self.s.order_db_port):
+                return False
+            try:
+                return self.psql("SELECT 1").strip() == "1"
+            except (subprocess.CalledProcessError, FileNotFoundError):
+                return False
+
+        return Component("order-db", self.s.order_db_port,
+                         "PostgreSQL: the Order service's database", prepare, command, healthy,
+                         run_as="postgres" if is_root() else None)
+
+    # ---------------------------------------------------------------- Kafka
+    def _java(self, classpath: str, main: str, *args: str) -> list[str]:
+        return ["java", f"-Xmx{self.s.java_heap}", f"-Xms{self.s.java_heap}", *JVM_FLAGS,
+                f"-Dlog4j2.configurationFile={self.p.conf / 'log4j2.properties'}",
+                "-cp", classpath, main, *args]
+
+    def _kafka(self) -> Component:
+        datadir = self.p.data("kafka")
+        conf = self.p.conf / "kafka.properties"
+        cp = str(self.p.lib / "kafka" / "*")
+
+        def prepare() -> None:
+            self.p.conf.mkdir(parents=True, exist_ok=True)
+            (self.p.conf / "log4j2.properties").write_text(LOG4J2)
+            h, kp, cport = self.s.host, self.s.kafka_port, self.s.kafka_controller_port
+            conf.write_text(
+                "process.roles=broker,controller\nnode.id=1\n"
+                f"controller.quorum.voters=1@{h}:{cport}\n"
+                f"listeners=PLAINTEXT://{h}:{kp},CONTROLLER://{h}:{cport}\n"
+                f"advertised.listeners=PLAINTEXT://{h}:{kp}\n"
+                "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+                f"log.dirs={datadir}\nnum.partitions=1\n"
+                "offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n"
+                "transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n"
+                "share.coordinator.state.topic.min.isr=1\n"
+                "group.initial.rebalance.delay.ms=0\nauto.create.topics.enable=true\n"
+                "log.retention.hours=-1\n"
+            )
+            if not (datadir / "meta.properties").exists():
+                datadir.mkdir(parents=True, exist_ok=True)
+                subprocess.run(
+                    self._java(cp, "kafka.tools.StorageTool", "format", "-t",
+                               _cluster_id(), "-c", str(conf), "--ignore-formatted"),
+                    check=True, capture_output=True, text=True,
+                )
+
+        def healthy() -> bool:
+            if not port_open(self.s.host, self.s.kafka_port):
+                return False
+            from confluent_kafka.admin import AdminClient
+
+            try:
+                md = AdminClient({"bootstrap.servers": self.s.bootstrap()}).list_topics(timeout=3)
+                return bool(md.brokers)
+            except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+                return False
+
+        return Component("kafka", self.s.kafka_port, "Apache Kafka broker+controller (KRaft)",
+                         prepare, lambda: self._java(cp, "kafka.Kafka", str(conf)), healthy)
+
+    def _registry(self) -> Component:
+        home = self.p.lib / "registry"
+        datadir = self.p.data("registry")
+
+        def command() -> list[str]:
+            jar = next(home.glob("apicurio-registry-app-*-runner.jar"))
+            return ["java", f"-Xmx{self.s.java_heap}", *JVM_FLAGS,
+                    f"-Dquarkus.http.host={self.s.host}",
+                    f"-Dquarkus.http.port={self.s.registry_port}",
+                    "-Dquarkus.log.level=WARN", "-Dquarkus.log.category.\"io.apicurio\".level=INFO",
+                    "-jar", str(jar)]
+
+        def healthy() -> bool:
+            try:
+                r = httpx.get(f"http://{self.s.host}:{self.s.registry_port}/health/ready",
+                              timeout=3)
+                return r.status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        return Component(
+            "registry", self.s.registry_port,
+            "Apicurio Registry 2.6 (Confluent-compatible API at /apis/ccompat/v7)",
+            lambda: datadir.mkdir(parents=True, exist_ok=True), command, healthy,
+            env={"REGISTRY_DATASOURCE_URL": f"jdbc:h2:file:{datadir}/registry;DB_CLOSE_ON_EXIT=FALSE"},
+        )
+
+    def _connect(self) -> Component:
+        conf = self.p.conf / "connect.properties"
+        cp = str(self.p.lib / "kafka" / "*")
+
+        def prepare() -> None:
+            self.p.conf.mkdir(parents=True, exist_ok=True)
+            conf.write_text(
+                f"bootstrap.servers={self.s.bootstrap()}\ngroup.id=viewsync-connect\n"
+                "key.converter=org.apache.kafka.connect.json.JsonConverter\n"
+                "value.converter=org.apache.kafka.connect.json.JsonConverter\n"
+                "config.storage.topic=_connect-configs\noffset.storage.topic=_connect-offsets\n"
+                "status.storage.topic=_connect-status\nconfig.storage.replication.factor=1\n"
+                "offset.storage.replication.factor=1\nstatus.storage.replication.factor=1\n"
+                "offset.flush.interval.ms=1000\nscheduled.rebalance.max.delay.ms=0\n"
+                f"listeners=http://{self.s.host}:{self.s.connect_port}\n"
+                f"rest.advertised.host.name={self.s.host}\n"
+                f"plugin.path={self.p.lib / 'plugins'}\n"
+                "topic.creation.enable=true\n"
+                "producer.linger.ms=5\n"
+                # Secrets stay out of the connector config stored in Kafka: the connector
+                # says ${env:VIEWSYNC_DB_PASSWORD} and the worker resolves it.
+                "config.providers=env\n"
+                "config.providers.env.class="
+                "org.apache.kafka.common.config.provider.EnvVarConfigProvider\n"
+            )
+
+        def healthy() -> bool:
+            try:
+                r = httpx.get(f"{self.s.connect()}/connector-plugins", timeout=3)
+                return r.status_code == 200 and "MariaDbConnector" in r.text
+            except httpx.HTTPError:
+                return False
+
+        return Component(
+            "connect", self.s.connect_port, "Kafka Connect (distributed) with Debezium MariaDB",
+            prepare,
+            lambda: self._java(cp, "org.apache.kafka.connect.cli.ConnectDistributed", str(conf)),
+            healthy, ready_timeout=240.0,
+        )
+
+    def components(self) -> list[Component]:
+        """In start order."""
+        return [
+            self._mariadb("product-db", self.s.product_db_port, 1, True,
+                          "MariaDB: the Product service's database (binlog on)"),
+            self._mariadb("purchase-db", self.s.purchase_db_port, 2, False,
+                          "MariaDB: the Purchase service's database"),
+            self._postgres(),
+            self._kafka(),
+            self._registry(),
+            self._connect(),
+        ]
+
+
+def _cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -1,0 +1,336 @@
+"""`viewsync stack up | down | status | env | logs`: the local stack as plain processes.
+
+``up`` is idempotent: it installs what is missing (Debian packages, Maven artifacts into
+``~/.m2`` and the state directory), starts what is not running, waits on real readiness
+checks, creates the Product schema, the consumer databases and their view tables, and
+registers the connector. A second ``up`` starts nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.settings import Settings
+from app.stack.components import (
+    APT_PACKAGES,
+    MAVEN_DIR,
+    SQL_DIR,
+    Component,
+    Paths,
+    StackDefinition,
+    is_root,
+    pg_bin,
+)
+
+log = logging.getLogger("viewsync.stack")
+
+
+class StackError(Exception):
+    """A component could not be installed or started; the message says which and why."""
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Print a step, then how long it took."""
+    say(f"  … {title}")
+    t0 = time.monotonic()
+    try:
+        yield
+    except Exception:
+        say(f"  ✗ {title} failed after {time.monotonic() - t0:.1f}s")
+        raise
+    say(f"  ✓ {title} ({time.monotonic() - t0:.1f}s)")
+
+
+# ------------------------------------------------------------------------ install
+def _missing_binaries() -> list[str]:
+    missing = [b for b in ("mariadbd", "mariadb", "mariadb-install-db", "psql")
+               if shutil.which(b) is None]
+    try:
+        pg_bin("postgres")
+        pg_bin("initdb")
+    except FileNotFoundError:
+        missing.append("postgres")
+    return missing
+
+
+def install_packages() -> None:
+    missing = _missing_binaries()
+    if not missing:
+        return
+    if not is_root():
+        raise StackError(
+            f"missing {', '.join(missing)}; install them with: sudo apt-get install -y "
+            + " ".join(APT_PACKAGES)
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    with step(f"apt-get install {' '.join(APT_PACKAGES)} (missing: {', '.join(missing)})"):
+        for cmd in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES]):
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise StackError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    _stop_distro_services()
+
+
+def _stop_distro_services() -> None:
+    """Debian's packages may start their own servers; viewsync runs its own instances."""
+    for svc in ("mariadb", "postgresql"):
+        subprocess.run(["service", svc, "stop"], capture_output=True, check=False)
+
+
+@dataclass(frozen=True)
+class MavenBundle:
+    pom: str
+    target: str  # directory under <state>/lib
+    marker: str  # a glob that exists once unpacked
+
+
+MAVEN_BUNDLES = (
+    MavenBundle("kafka.pom.xml", "kafka", "kafka_2.13-*.jar"),
+    MavenBundle("plugins.pom.xml", "plugins", "debezium-connector-mariadb/*.jar"),
+    MavenBundle("registry.pom.xml", "registry", "apicurio-registry-app-*-runner.jar"),
+)
+
+
+def install_maven(paths: Paths) -> None:
+    """Resolve the Java components from Maven Central into ``<state>/lib`` (cache: ~/.m2)."""
+    if shutil.which("mvn") is None:
+        raise StackError("mvn (Maven) is not on PATH; install Maven 3.8+ (package maven)")
+    for bundle in MAVEN_BUNDLES:
+        pom = MAVEN_DIR / bundle.pom
+        digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+        out = paths.lib / bundle.target
+        stamp = out / ".viewsync-pom"
+        if stamp.exists() and stamp.read_text() == digest and any(out.glob(bundle.marker)):
+            continue
+        with step(f"mvn: resolve {bundle.target} ({bundle.pom})"):
+            if out.exists():
+                shutil.rmtree(out)
+            work = paths.state / "maven" / bundle.target
+            work.mkdir(parents=True, exist_ok=True)
+            shutil.copy(pom, work / "pom.xml")
+            r = subprocess.run(
+                ["mvn", "-B", "-q", "-f", str(work / "pom.xml"), f"-Dout={out}", "validate"],
+                capture_output=True, text=True,
+            )
+            if r.returncode != 0 or not any(out.glob(bundle.marker)):
+                raise StackError(
+                    f"mvn could not resolve {bundle.pom}:\n{(r.stdout + r.stderr)[-3000:]}"
+                )
+            stamp.write_text(digest)
+
+
+# ------------------------------------------------------------------------ processes
+def read_pid(paths: Paths, name: str) -> int | None:
+    try:
+        pid = int(paths.pidfile(name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def start(paths: Paths, comp: Component, settings: Settings) -> subprocess.Popen[bytes]:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    logf = open(paths.log(comp.name), "ab")  # noqa: SIM115 - handed to the child
+    env = dict(os.environ)
+    env.update(comp.env)
+    env["VIEWSYNC_DB_PASSWORD"] = settings.db_password.get_secret_value()
+    kwargs: dict[str, object] = {}
+    if comp.run_as:
+        kwargs.update(user=comp.run_as, group=comp.run_as, extra_groups=[])
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        list(comp.command()), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, env=env, cwd=str(paths.state), **kwargs,  # type: ignore[arg-type]
+    )
+    logf.close()
+    paths.pidfile(comp.name).write_text(str(proc.pid))
+    return proc
+
+
+def wait_ready(paths: Paths, comp: Component, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + comp.ready_timeout
+    delay = 0.2
+    while time.monotonic() < deadline:
+        if comp.healthy():
+            return
+        if proc.poll() is not None:
+            raise StackError(
+                f"{comp.name} exited with code {proc.returncode} during start-up; "
+                "last log lines:\n"
+                + tail(paths.log(comp.name), 30)
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+    raise StackError(
+        f"{comp.name} was not ready on port {comp.port} within {comp.ready_timeout:.0f}s; "
+        f"last log lines:\n" + tail(paths.log(comp.name), 30)
+    )
+
+
+def stop(paths: Paths, comp: Component, timeout: float = 60.0) -> bool:
+    pid = read_pid(paths, comp.name)
+    if pid is None:
+        paths.pidfile(comp.name).unlink(missing_ok=True)
+        return False
+    # PostgreSQL: SIGINT is "fast shutdown" (SIGTERM waits for every client to leave).
+    sig = signal.SIGINT if comp.name == "order-db" else signal.SIGTERM
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and read_pid(paths, comp.name) is not None:
+        time.sleep(0.2)
+    if read_pid(paths, comp.name) is not None:
+        say(f"  ! {comp.name} did not stop within {timeout:.0f}s; killing it")
+        os.killpg(pid, signal.SIGKILL)
+    paths.pidfile(comp.name).unlink(missing_ok=True)
+    return True
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {path})"
+
+
+# ------------------------------------------------------------------------ commands
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.defn = StackDefinition(settings)
+        self.paths = self.defn.p
+
+    def components(self) -> list[Component]:
+        return self.defn.components()
+
+    def up(self, *, connector: bool = True) -> None:
+        t0 = time.monotonic()
+        say(f"viewsync stack up (state: {self.paths.state})")
+        self.paths.state.mkdir(parents=True, exist_ok=True)
+        install_packages()
+        install_maven(self.paths)
+        bootstraps: dict[str, Callable[[], None]] = {
+            "product-db": self._bootstrap_product,
+            "purchase-db": self._bootstrap_purchase,
+            "order-db": self._bootstrap_order,
+        }
+        for comp in self.components():
+            if comp.healthy():
+                say(f"  = {comp.name} already running on {comp.port}")
+            else:
+                with step(f"start {comp.name} on {self.settings.host}:{comp.port}"):
+                    if read_pid(self.paths, comp.name) is not None:
+                        stop(self.paths, comp)
+                    comp.prepare()
+                    proc = start(self.paths, comp, self.settings)
+                    wait_ready(self.paths, comp, proc)
+            if comp.name in bootstraps:
+                bootstraps[comp.name]()
+        with step("view tables in the consumer databases"):
+            from app.sink import create_view_tables
+
+            create_view_tables(self.settings)
+        if connector:
+            from app.connectors import ConnectClient
+
+            with step(f"connector {self.settings.connector_name}"):
+                client = ConnectClient(self.settings)
+                changed = client.apply()
+                client.wait_running(timeout=120)
+                say(f"    {'registered/updated' if changed else 'unchanged'}, RUNNING")
+        say(f"stack is up ({time.monotonic() - t0:.1f}s)")
+
+    def _bootstrap_product(self) -> None:
+        s = self.settings
+        sql = _mariadb_user_sql(s) + (
+            f"CREATE DATABASE IF NOT EXISTS `{s.source_database}`;"
+            f"USE `{s.source_database}`;" + (SQL_DIR / "product.sql").read_text()
+        )
+        self.defn.mariadb_sql("product-db", sql)
+
+    def _bootstrap_purchase(self) -> None:
+        self.defn.mariadb_sql(
+            "purchase-db", _mariadb_user_sql(self.settings) + "CREATE DATABASE IF NOT EXISTS purchase;"
+        )
+
+    def _bootstrap_order(self) -> None:
+        s = self.settings
+        pw = s.db_password.get_secret_value().replace("'", "''")
+        exists = self.defn.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{s.db_user}'").strip()
+        verb = "ALTER" if exists else "CREATE"
+        self.defn.psql(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{pw}'")
+        if not self.defn.psql("SELECT 1 FROM pg_database WHERE datname = 'order'").strip():
+            self.defn.psql(f'CREATE DATABASE "order" OWNER "{s.db_user}"')
+
+    def down(self, *, purge: bool = False) -> None:
+        say(f"viewsync stack down (state: {self.paths.state})")
+        for comp in reversed(self.components()):
+            with step(f"stop {comp.name}"):
+                stopped = stop(self.paths, comp)
+                if not stopped:
+                    say(f"    {comp.name} was not running")
+        if purge and self.paths.state.exists():
+            with step(f"purge {self.paths.state}"):
+                shutil.rmtree(self.paths.state)
+
+    def status(self) -> list[tuple[str, int, int | None, bool]]:
+        rows = []
+        for comp in self.components():
+            rows.append((comp.name, comp.port, read_pid(self.paths, comp.name), comp.healthy()))
+        return rows
+
+    def env_lines(self) -> list[str]:
+        s = self.settings
+        pairs = [
+            ("VIEWSYNC_SOURCE_URL", s.product_url()),
+            ("VIEWSYNC_ORDER_DB_URL", s.consumer_url("order")),
+            ("VIEWSYNC_PURCHASE_DB_URL", s.consumer_url("purchase")),
+            ("VIEWSYNC_KAFKA_BOOTSTRAP", s.bootstrap()),
+            ("VIEWSYNC_SCHEMA_REGISTRY_URL", s.registry_url()),
+            ("VIEWSYNC_CONNECT_URL", s.connect()),
+            ("VIEWSYNC_STATE_DIR", str(s.state_dir)),
+        ]
+        return [f"export {k}='{v}'" for k, v in pairs]
+
+    def logs(self, component: str | None, lines: int) -> str:
+        names = [c.name for c in self.components()]
+        if component is not None and component not in names:
+            raise StackError(f"unknown component {component!r}; one of: {', '.join(names)}")
+        out = []
+        for name in [component] if component else names:
+            out.append(f"==> {self.paths.log(name)} <==\n{tail(self.paths.log(name), lines)}")
+        return "\n".join(out)
+
+
+def _mariadb_user_sql(s: Settings) -> str:
+    pw = s.db_password.get_secret_value().replace("\\", "\\\\").replace("'", "\\'")
+    stmts = []
+    for host in ("127.0.0.1", "localhost", "::1"):
+        stmts.append(f"CREATE USER IF NOT EXISTS '{s.db_user}'@'{host}' IDENTIFIED BY '{pw}';")
+        stmts.append(f"ALTER USER '{s.db_user}'@'{host}' IDENTIFIED BY '{pw}';")
+        # The local stack's single application user: reads the binlog (Debezium), writes
+        # the demo data and the views.
+        stmts.append(f"GRANT ALL PRIVILEGES ON *.* TO '{s.db_user}'@'{host}';")
+    return "".join(stmts)

@@ -1,0 +1,300 @@
+"""Tests of the pure projection: category paths, visibility, joins, and each view's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.join import Affected, SourceState
+from app.project import (
+    PathMemo,
+    category_path,
+    is_visible_product,
+    project,
+    project_affected,
+    project_many,
+)
+from app.views import (
+    ORDER_PRODUCT_VIEW,
+    PURCHASE_BATCH_VIEW,
+    PURCHASE_PRODUCT_VIEW,
+    VIEWS,
+    Column,
+    Grain,
+    ViewDef,
+)
+
+
+def cat(id_: int, parent: int | None, name: str) -> dict[str, Any]:
+    return {"id": id_, "parent_id": parent, "code": f"C{id_}", "name": name}
+
+
+def prod(id_: int, category: int, warranty: int | None = None) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "sku": f"SKU-{id_}",
+        "name": f"product {id_}",
+        "category_id": category,
+        "warranty_type_id": warranty,
+        "unit": "kg",
+        "price": Decimal("12.50"),
+        "status": "active",
+    }
+
+
+def batch(id_: int, product: int) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "product_id": product,
+        "batch_no": f"B-{id_}",
+        "manufactured_on": date(2024, 3, 1),
+        "expires_on": date(2025, 3, 1),
+    }
+
+
+def catalog() -> SourceState:
+    """Tools(1) > Saws(2) > Hand saws(3); products 10 (3, warranty 7), 11 (2, none)."""
+    return SourceState(
+        categories={1: cat(1, None, "Tools"), 2: cat(2, 1, "Saws"), 3: cat(3, 2, "Hand saws")},
+        warranty_types={7: {"id": 7, "name": "Two years", "months": 24}},
+        products={10: prod(10, 3, 7), 11: prod(11, 2)},
+        batches={100: batch(100, 10), 110: batch(110, 11)},
+    )
+
+
+# --- category_path -------------------------------------------------------------------------
+
+
+def test_path_root_and_deep() -> None:
+    s = catalog()
+    assert category_path(s, 1) == "Tools"
+    assert category_path(s, 3) == "Tools > Saws > Hand saws"
+
+
+def test_path_missing_category_or_ancestor() -> None:
+    s = catalog()
+    assert category_path(s, 99) is None
+    del s.categories[1]
+    assert category_path(s, 3) is None
+    assert category_path(s, 2) is None
+
+
+def test_path_cycle_and_self_loop_terminate() -> None:
+    s = catalog()
+    s.categories[1] = cat(1, 3, "Tools")
+    assert [category_path(s, c) for c in (1, 2, 3)] == [None, None, None]
+    s.categories[4] = cat(4, 4, "Self")
+    assert category_path(s, 4) is None
+    s.categories[5] = cat(5, 2, "Below the cycle")
+    assert category_path(s, 5) is None
+
+
+def test_path_deep_chain_is_iterative() -> None:
+    s = SourceState(categories={i: cat(i, i - 1 if i else None, f"n{i}") for i in range(5000)})
+    path = category_path(s, 4999)
+    assert path is not None and path.count(" > ") == 4999
+
+
+def test_path_memo_fills_the_chain_and_is_reused() -> None:
+    s = catalog()
+    memo: PathMemo = {}
+    assert category_path(s, 3, memo) == "Tools > Saws > Hand saws"
+    assert memo == {1: "Tools", 2: "Tools > Saws", 3: "Tools > Saws > Hand saws"}
+    s.categories = {}  # a memoised answer no longer reads the store
+    assert category_path(s, 2, memo) == "Tools > Saws"
+
+
+def test_path_memo_records_missing_and_cyclic() -> None:
+    s = catalog()
+    s.categories[1] = cat(1, 3, "Tools")
+    memo: PathMemo = {}
+    assert category_path(s, 99, memo) is None
+    assert category_path(s, 2, memo) is None
+    assert memo == {99: None, 1: None, 2: None, 3: None}
+
+
+def test_path_names_may_contain_the_separator_or_be_empty() -> None:
+    s = SourceState(categories={1: cat(1, None, ""), 2: cat(2, 1, "a > b")})
+    assert category_path(s, 2) == " > a > b"
+    assert category_path(s, 2, {}) == " > a > b"
+
+
+CATEGORIES = st.dictionaries(
+    st.integers(1, 8),
+    st.tuples(st.none() | st.integers(1, 9), st.sampled_from(["x", "y", ""])),
+    max_size=8,
+)
+
+
+def naive_path(cats: dict[int, tuple[int | None, str]], c: int) -> str | None:
+    names: list[str] = []
+    seen: set[int] = set()
+    cur: int | None = c
+    while cur is not None:
+        if cur in seen or cur not in cats:
+            return None
+        seen.add(cur)
+        cur, name = cats[cur]
+        names.insert(0, name)
+    return " > ".join(names)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cats=CATEGORIES, order=st.permutations(list(range(1, 10))))
+def test_path_matches_naive_walk_with_and_without_memo(
+    cats: dict[int, tuple[int | None, str]], order: list[int]
+) -> None:
+    s = SourceState(categories={k: cat(k, p, n) for k, (p, n) in cats.items()})
+    memo: PathMemo = {}
+    for c in order:  # a shared memo, filled in any order, must not change an answer
+        assert category_path(s, c, memo) == naive_path(cats, c)
+        assert category_path(s, c) == naive_path(cats, c)
+
+
+# --- visibility ----------------------------------------------------------------------------
+
+
+def test_visibility() -> None:
+    s = catalog()
+    assert is_visible_product(s, 10) and is_visible_product(s, 11)
+    assert not is_visible_product(s, 12)  # missing product
+    s.products[12] = prod(12, 42)
+    assert not is_visible_product(s, 12)  # missing category
+    del s.categories[2]
+    assert not is_visible_product(s, 10)  # ancestor missing
+    assert not is_visible_product(s, 11)
+
+
+# --- each view -----------------------------------------------------------------------------
+
+
+def test_order_product_view_row_and_column_order() -> None:
+    row = project(catalog(), ORDER_PRODUCT_VIEW, 10)
+    assert row == {
+        "product_id": 10,
+        "sku": "SKU-10",
+        "name": "product 10",
+        "category_id": 3,
+        "category_name": "Hand saws",
+        "category_path": "Tools > Saws > Hand saws",
+        "warranty_name": "Two years",
+        "warranty_months": 24,
+        "price": Decimal("12.50"),
+        "status": "active",
+    }
+    assert list(row) == [c.name for c in ORDER_PRODUCT_VIEW.columns]
+
+
+def test_purchase_product_view_row() -> None:
+    row = project(catalog(), PURCHASE_PRODUCT_VIEW, 11)
+    assert row == {
+        "product_id": 11,
+        "sku": "SKU-11",
+        "name": "product 11",
+        "unit": "kg",
+        "status": "active",
+        "category_code": "C2",
+    }
+    assert list(row) == [c.name for c in PURCHASE_PRODUCT_VIEW.columns]
+
+
+def test_purchase_batch_view_row() -> None:
+    row = project(catalog(), PURCHASE_BATCH_VIEW, 100)
+    assert row == {
+        "batch_id": 100,
+        "batch_no": "B-100",
+        "product_id": 10,
+        "sku": "SKU-10",
+        "product_name": "product 10",
+        "category_path": "Tools > Saws > Hand saws",
+        "manufactured_on": date(2024, 3, 1),
+        "expires_on": date(2025, 3, 1),
+        "warranty_months": 24,
+    }
+    assert list(row) == [c.name for c in PURCHASE_BATCH_VIEW.columns]
+
+
+def test_left_join_warranty_none_missing_or_present() -> None:
+    s = catalog()
+    no_warranty = project(s, ORDER_PRODUCT_VIEW, 11)
+    assert no_warranty is not None
+    assert (no_warranty["warranty_name"], no_warranty["warranty_months"]) == (None, None)
+    s.products[11] = prod(11, 2, 8)  # warranty 8 has not arrived yet
+    dangling = project(s, ORDER_PRODUCT_VIEW, 11)
+    assert dangling is not None and dangling["warranty_months"] is None
+    row = project(s, PURCHASE_BATCH_VIEW, 110)
+    assert row is not None and row["warranty_months"] is None and "id" not in row
+
+
+def test_absent_rows() -> None:
+    s = catalog()
+    assert project(s, ORDER_PRODUCT_VIEW, 99) is None
+    assert project(s, PURCHASE_BATCH_VIEW, 999) is None
+    s.batches[120] = batch(120, 12)  # batch before its product
+    assert project(s, PURCHASE_BATCH_VIEW, 120) is None
+    s.products[12] = prod(12, 1)
+    assert project(s, PURCHASE_BATCH_VIEW, 120) is not None
+    del s.categories[1]  # product no longer visible: neither is its batch
+    assert project(s, PURCHASE_BATCH_VIEW, 120) is None
+    assert project(s, PURCHASE_PRODUCT_VIEW, 12) is None
+
+
+def test_product_grain_view_reading_batches_is_rejected() -> None:
+    bad = ViewDef("x", "bad", Grain.PRODUCT, "product_id", (Column("b", "batches.id", "bigint"),))
+    with pytest.raises(ValueError, match="batches"):
+        project(catalog(), bad, 10)
+
+
+# --- many keys -----------------------------------------------------------------------------
+
+
+def test_project_many_upserts_and_deletes() -> None:
+    s = catalog()
+    upserts, deletes = project_many(s, ORDER_PRODUCT_VIEW, [10, 11, 12])
+    assert set(upserts) == {10, 11} and deletes == {12}
+    assert upserts[10] == project(s, ORDER_PRODUCT_VIEW, 10)
+
+
+class CountingStore(dict[int, dict[str, Any]]):
+    """A dict that counts reads, to show paths are computed once per category."""
+
+    reads = 0
+
+    def get(self, key: int, default: Any = None) -> Any:  # type: ignore[override]
+        self.reads += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        self.reads += 1
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Iterator[int]:
+        raise AssertionError("projection must not scan a store")
+
+
+def test_project_many_computes_each_path_once() -> None:
+    cats = CountingStore({1: cat(1, None, "A"), 2: cat(2, 1, "B"), 3: cat(3, 2, "C")})
+    products = {i: prod(i, 3) for i in range(5000)}
+    s = SourceState(categories=cats, products=products)
+    upserts, deletes = project_many(s, ORDER_PRODUCT_VIEW, range(5000))
+    assert len(upserts) == 5000 and not deletes
+    # one walk of 3 categories for the single path, then one read of the joined row per product
+    assert cats.reads == 3 + 5000
+
+
+def test_project_affected_skips_views_not_reading_the_table() -> None:
+    s = catalog()
+    deltas = project_affected(
+        s, Affected("warranty_types", frozenset({10}), frozenset({100})), VIEWS
+    )
+    assert set(deltas) == {"order.product_view", "purchase.batch_view"}
+    deltas = project_affected(s, Affected("batches", frozenset(), frozenset({100, 999})))
+    assert set(deltas) == {"purchase.batch_view"}
+    upserts, deletes = deltas["purchase.batch_view"]
+    assert set(upserts) == {100} and deletes == {999}
