@@ -24,6 +24,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Per-request HTTP lines and Faust's producer back-pressure notes drown the useful ones.
+    for noisy in ("httpx", "httpx2", "faust.transport.producer", "aiokafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
 
 
 def cmd_stack(args: argparse.Namespace, s: Settings) -> int:

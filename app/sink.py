@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from app.pipeline import ViewBatch
 from app.settings import Settings
 from app.views import VIEWS, ColumnType, ViewDef, consumers
 
@@ -51,17 +51,6 @@ def view_table(view: ViewDef, metadata: sa.MetaData) -> sa.Table:
         for c in view.columns
     ]
     return sa.Table(view.table, metadata, *cols)
-
-
-@dataclass
-class ViewBatch:
-    """What one view needs written: rows to upsert by key, keys to delete."""
-
-    upserts: dict[int, dict[str, Any]] = field(default_factory=dict)
-    deletes: set[int] = field(default_factory=set)
-
-    def __len__(self) -> int:
-        return len(self.upserts) + len(self.deletes)
 
 
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:

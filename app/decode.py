@@ -1,0 +1,162 @@
+"""Decode: Kafka record (Confluent wire format, Avro) → :class:`app.changes.Change`.
+
+Debezium envelopes, tombstones, snapshot reads (``op = r``) and Avro logical types are
+handled here and nowhere else. Records are read with Debezium's writer schema (fetched by id
+from the registry, cached) resolved to the contract's reader schema in ``schemas/``, so a
+source schema that drifts away from the contract is caught here, per record, with a reason.
+A record that cannot be decoded becomes a :class:`DecodeFailure` (a value, not an
+exception) that the worker sends to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import fastavro
+
+from app.changes import SOURCE_TABLES, Change, Op, SourceTable
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+MAGIC = 0
+EPOCH = dt.date(1970, 1, 1)
+_OPS: frozenset[str] = frozenset({"c", "u", "d", "r"})
+
+
+class SchemaSource(Protocol):
+    """Gives the Avro schema text registered under an id (the schema registry)."""
+
+    def schema_text(self, schema_id: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeFailure:
+    """A record that could not be decoded, and why."""
+
+    topic: str
+    reason: str
+
+
+def contract(table: SourceTable, part: str) -> dict[str, Any]:
+    """The contract (reader) schema of one table's ``key`` or ``value``."""
+    return cast(dict[str, Any], json.loads((SCHEMAS_DIR / f"{table}.{part}.avsc").read_text()))
+
+
+def _converters(record_schema: Mapping[str, Any]) -> dict[str, Callable[[Any], Any]]:
+    """Column -> conversion for Debezium semantic types that Avro does not tag itself."""
+    out: dict[str, Callable[[Any], Any]] = {}
+    for f in record_schema["fields"]:
+        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        for t in types:
+            if isinstance(t, dict) and t.get("connect.name") == "io.debezium.time.Date":
+                out[f["name"]] = lambda days: None if days is None else EPOCH + dt.timedelta(days)
+    return out
+
+
+class Decoder:
+    """Decodes the records of the four source topics."""
+
+    def __init__(self, schemas: SchemaSource, topic_tables: Mapping[str, SourceTable]) -> None:
+        self._schemas = schemas
+        self._topic_tables = dict(topic_tables)
+        self._writers: dict[int, Any] = {}
+        self._readers: dict[tuple[SourceTable, str], Any] = {}
+        self._convert: dict[SourceTable, dict[str, Callable[[Any], Any]]] = {}
+        for table in SOURCE_TABLES:
+            for part in ("key", "value"):
+                self._readers[(table, part)] = fastavro.parse_schema(contract(table, part))
+            value = contract(table, "value")
+            row_schema = value["fields"][0]["type"][1]
+            self._convert[table] = _converters(row_schema)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(self._topic_tables)
+
+    def _writer(self, schema_id: int) -> Any:
+        parsed = self._writers.get(schema_id)
+        if parsed is None:
+            parsed = fastavro.parse_schema(json.loads(self._schemas.schema_text(schema_id)))
+            self._writers[schema_id] = parsed
+        return parsed
+
+    def _read(self, data: bytes, table: SourceTable, part: str) -> dict[str, Any]:
+        if len(data) < 5 or data[0] != MAGIC:
+            raise ValueError(f"{part} is not in the registry wire format (magic byte, schema id)")
+        (schema_id,) = struct.unpack(">I", data[1:5])
+        writer = self._writer(schema_id)
+        record = fastavro.schemaless_reader(
+            io.BytesIO(data[5:]), writer, self._readers[(table, part)]
+        )
+        if not isinstance(record, dict):
+            raise ValueError(f"{part} is not an Avro record")
+        return record
+
+    def _row(self, table: SourceTable, row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        out = dict(row)
+        for col, fn in self._convert[table].items():
+            out[col] = fn(out.get(col))
+        return out
+
+    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> Change | DecodeFailure:
+        table = self._topic_tables.get(topic)
+        if table is None:
+            return DecodeFailure(topic, f"topic {topic!r} is not a source table topic")
+        try:
+            if key is None:
+                raise ValueError("record has no key")
+            key_id = int(self._read(key, table, "key")["id"])
+            if value is None:  # tombstone: the row is gone (its delete event came before)
+                return Change(table=table, key=key_id, after=None, op="t")
+            env = self._read(value, table, "value")
+            return self._envelope(table, key_id, env)
+        except Exception as exc:  # noqa: BLE001 - every failure is a dead letter with reason
+            return DecodeFailure(topic, f"{type(exc).__name__}: {exc}")
+
+    def _envelope(self, table: SourceTable, key_id: int, env: Mapping[str, Any]) -> Change:
+        op = env.get("op")
+        if op not in _OPS:
+            raise ValueError(f"unknown Debezium op {op!r}")
+        before = self._row(table, env.get("before"))
+        after = self._row(table, env.get("after"))
+        if op == "d":
+            after = None
+        elif after is None:
+            raise ValueError(f"op {op!r} without an after image")
+        elif int(after["id"]) != key_id:
+            raise ValueError(f"key id {key_id} differs from the row's id {after['id']}")
+        src = env.get("source") or {}
+        position = (
+            f"{src.get('gtid') or ''}@{src.get('file', '')}:{src.get('pos', '')}:{src.get('row', '')}"
+        )
+        return Change(table=table, key=key_id, after=after, before=before,
+                      op=cast(Op, op), position=position)
+
+
+def encode(schema: Any, schema_id: int, record: Mapping[str, Any]) -> bytes:
+    """Encode a record in the registry wire format (used by tests and tools)."""
+    buf = io.BytesIO()
+    buf.write(bytes([MAGIC]))
+    buf.write(struct.pack(">I", schema_id))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), dict(record))
+    return buf.getvalue()
+
+
+class RegistrySchemas:
+    """:class:`SchemaSource` backed by the Confluent-compatible API of the registry."""
+
+    def __init__(self, url: str) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self._client = SchemaRegistryClient({"url": url})
+
+    def schema_text(self, schema_id: int) -> str:
+        return str(self._client.get_schema(schema_id).schema_str)
