@@ -61,44 +61,58 @@ class BatchResult:
 
 
 class Pipeline:
+    """Accumulates a batch: ``add`` each record in order, then ``take_batch``.
+
+    Rows are projected once per dirty key when the batch is taken (a key changed many times
+    in one batch is written once, with its latest state).
+    """
+
     def __init__(self, decoder: Decoder, state: SourceState,
                  views: Sequence[ViewDef] = VIEWS) -> None:
         self.decoder = decoder
         self.state = state
         self.views = tuple(views)
         self.engine = JoinEngine(state)
+        self._dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
+        self._changes = 0
 
     def rebuild(self) -> None:
         """Rebuild the join indexes from the state (after the state was recovered)."""
         self.engine = JoinEngine(self.state)
 
-    def apply_changes(self, changes: Iterable[Change]) -> dict[str, ViewBatch]:
-        """Apply changes in order; project once per dirty key at the end (coalescing)."""
-        dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
-        for change in changes:
-            affected = self.engine.apply(change)
-            for view in self.views:
-                if change.table not in view.depends_on:
-                    continue
+    def apply(self, change: Change) -> None:
+        """Join stage: update the state, mark every view key the change may alter."""
+        affected = self.engine.apply(change)
+        self._changes += 1
+        for view in self.views:
+            if change.table in view.depends_on:
                 keys = affected.product_ids if view.grain is Grain.PRODUCT else affected.batch_ids
-                dirty[view.name].update(keys)
+                self._dirty[view.name].update(keys)
+
+    def add(self, rec: RawRecord) -> DeadLetter | None:
+        """Decode one record and apply it; a record that cannot be decoded is returned."""
+        decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
+        if isinstance(decoded, DecodeFailure):
+            log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
+                        decoded.reason)
+            return DeadLetter(rec, decoded.reason)
+        self.apply(decoded)
+        return None
+
+    def take_batch(self) -> tuple[dict[str, ViewBatch], int]:
+        """Project stage: the rows to write for everything applied since the last call."""
         out: dict[str, ViewBatch] = {}
         for view in self.views:
-            if dirty[view.name]:
-                upserts, deletes = project_many(self.state, view, dirty[view.name])
+            keys = self._dirty[view.name]
+            if keys:
+                upserts, deletes = project_many(self.state, view, keys)
                 out[view.name] = ViewBatch(upserts=upserts, deletes=deletes)
-        return out
+            self._dirty[view.name] = set()
+        changes, self._changes = self._changes, 0
+        return out, changes
 
-    def process(self, records: Sequence[RawRecord]) -> BatchResult:
-        changes: list[Change] = []
-        dead: list[DeadLetter] = []
-        for rec in records:
-            decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
-            if isinstance(decoded, DecodeFailure):
-                log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
-                            decoded.reason)
-                dead.append(DeadLetter(rec, decoded.reason))
-            else:
-                changes.append(decoded)
-        return BatchResult(views=self.apply_changes(changes), dead_letters=dead,
-                           changes=len(changes))
+    def process(self, records: Iterable[RawRecord]) -> BatchResult:
+        """``add`` every record, then ``take_batch``."""
+        dead = [dl for rec in records if (dl := self.add(rec)) is not None]
+        views, changes = self.take_batch()
+        return BatchResult(views=views, dead_letters=dead, changes=changes)

@@ -20,12 +20,15 @@ import datetime as dt
 import json
 import logging
 import time
+import weakref
 from collections.abc import MutableMapping, Sequence
 from decimal import Decimal
 from typing import Any, cast
 
 import faust
 from faust.serializers import codecs
+from faust.streams import _current_event
+from mode.supervisors import CrashingSupervisor
 
 from app.changes import SOURCE_TABLES, SourceTable
 from app.decode import Decoder, RegistrySchemas
@@ -85,6 +88,10 @@ def build_app(settings: Settings) -> faust.App:
         stream_wait_empty=True,
         producer_acks=-1,
         logging_config=None,
+        # An agent that raises stops the worker (exit non-zero) instead of being restarted
+        # past the records it failed on: its batch was not acknowledged, so the next start
+        # replays it.
+        agent_supervisor=CrashingSupervisor,
     )
     return app
 
@@ -105,7 +112,7 @@ class Worker:
         )
         tables = {
             t: self.app.Table(
-                f"state-{t}", default=None, partitions=1, use_partitioner=True,
+                f"state-{t}", default=None, partitions=1,
                 schema=faust.Schema(key_serializer="json", value_serializer=STATE_CODEC),
                 on_recover=self._on_recover,
             )
@@ -154,7 +161,18 @@ class Worker:
                       cast(bytes | None, e.message.key), cast(bytes | None, e.message.value))
             for e in events
         ]
-        result = self.pipeline.process(records)
+        dead = []
+        for event, rec in zip(events, records, strict=True):
+            # Faust tables send each change to the changelog partition of the event being
+            # processed; take_events() does not set it for the batch body, so set it here.
+            token = _current_event.set(weakref.ref(event))
+            try:
+                if (dl := self.pipeline.add(rec)) is not None:
+                    dead.append(dl)
+            finally:
+                _current_event.reset(token)
+        views, changes = self.pipeline.take_batch()
+        result = BatchResult(views=views, dead_letters=dead, changes=changes)
         if result.rows:
             await asyncio.to_thread(self.sink.write, result.views)
         await self._send_dead_letters(result)

@@ -1,0 +1,133 @@
+"""Fixtures for tests against the real stack (``viewsync stack up``).
+
+Nothing here starts a fake: a component that is not running fails the test with its name.
+The worker under test runs as a real ``viewsync worker`` process with a fresh consumer group
+and fresh state tables, so it reads every source topic from the beginning.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.settings import Settings, load_settings
+from app.stack.manager import Stack
+from tests.integration.reference import Views, diff_views, expected_views, actual_views
+
+ROOT = Path(__file__).resolve().parents[2]
+CONVERGE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_CONVERGE_TIMEOUT", "120"))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Stack:
+    st = Stack(settings)
+    down = [f"{name} (port {port})" for name, port, _pid, ok in st.status() if not ok]
+    if down:
+        pytest.fail(
+            "the real stack is required and these components are not answering: "
+            + ", ".join(down)
+            + ". Start it with `viewsync stack up` (the test command ./run.sh test does).",
+            pytrace=False,
+        )
+    return st
+
+
+@pytest.fixture(scope="session")
+def product_db(stack: Stack, settings: Settings) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(settings.product_url(), pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def consumer_dbs(stack: Stack, settings: Settings) -> Iterator[dict[str, sa.Engine]]:
+    engines = {c: sa.create_engine(settings.consumer_url(c), pool_pre_ping=True)
+               for c in ("order", "purchase")}
+    yield engines
+    for e in engines.values():
+        e.dispose()
+
+
+class WorkerProcess:
+    """A real `viewsync worker` subprocess that can be killed and restarted."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.worker_id = f"it-{uuid.uuid4().hex[:8]}"
+        self.env = dict(os.environ, VIEWSYNC_WORKER_ID=self.worker_id,
+                        VIEWSYNC_WORKER_DATA_DIR=str(tmp / self.worker_id))
+        self.log = tmp / f"{self.worker_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit — the crash the design must survive."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(tmp_path_factory.mktemp("worker"))
+    w.start()
+    yield w
+    w.stop()
+
+
+def wait_converged(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
+                   worker: WorkerProcess, timeout: float = CONVERGE_TIMEOUT) -> Views:
+    """Poll until every view equals the reference join of the source; fail with the diff."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        expected = expected_views(product_db)
+        actual = actual_views(consumer_dbs)
+        problems = diff_views(expected, actual)
+        if not problems:
+            return expected
+        if not worker.alive():
+            pytest.fail(f"worker exited ({worker.proc and worker.proc.returncode}):\n"
+                        + worker.tail())
+        if time.monotonic() > deadline:
+            shown = "\n".join(problems[:40])
+            more = f"\n… and {len(problems) - 40} more" if len(problems) > 40 else ""
+            pytest.fail(f"views did not converge within {timeout:.0f}s; "
+                        f"{len(problems)} differences:\n{shown}{more}\n--- worker log ---\n"
+                        + worker.tail(), pytrace=False)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
