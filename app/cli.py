@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args, settings)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - top level: one clear line, details in debug
+    except Exception as exc:
         from app.connectors import ConnectError
         from app.stack.manager import StackError
 

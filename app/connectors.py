@@ -85,7 +85,9 @@ class ConnectClient:
     def status(self) -> dict[str, Any]:
         r = self._req("GET", f"/connectors/{self.name}/status")
         if r.status_code == 404:
-            raise ConnectError(f"connector {self.name} is not registered (run: viewsync connectors apply)")
+            raise ConnectError(
+                f"connector {self.name} is not registered (run: viewsync connectors apply)"
+            )
         if r.status_code != 200:
             raise ConnectError(f"GET status of {self.name}: {r.status_code} {r.text}")
         return dict(r.json())

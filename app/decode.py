@@ -118,7 +118,7 @@ class Decoder:
                 return Change(table=table, key=key_id, after=None, op="t")
             env = self._read(value, table, "value")
             return self._envelope(table, key_id, env)
-        except Exception as exc:  # noqa: BLE001 - every failure is a dead letter with reason
+        except Exception as exc:
             return DecodeFailure(topic, f"{type(exc).__name__}: {exc}")
 
     def _envelope(self, table: SourceTable, key_id: int, env: Mapping[str, Any]) -> Change:
@@ -134,9 +134,8 @@ class Decoder:
         elif int(after["id"]) != key_id:
             raise ValueError(f"key id {key_id} differs from the row's id {after['id']}")
         src = env.get("source") or {}
-        position = (
-            f"{src.get('gtid') or ''}@{src.get('file', '')}:{src.get('pos', '')}:{src.get('row', '')}"
-        )
+        gtid, file, pos, row = (src.get(k) for k in ("gtid", "file", "pos", "row"))
+        position = f"{gtid or ''}@{file or ''}:{pos or ''}:{row or 0}"
         return Change(table=table, key=key_id, after=after, before=before,
                       op=cast(Op, op), position=position)
 

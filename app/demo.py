@@ -68,7 +68,9 @@ def _next_id(conn: sa.Connection, table: str) -> int:
     return int(conn.execute(sa.text(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")).scalar_one())
 
 
-def build_catalogue(products: int, rng: random.Random, start: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+def build_catalogue(
+    products: int, rng: random.Random, start: dict[str, int]
+) -> dict[str, list[dict[str, Any]]]:
     """The rows to insert, with ids from ``start``; categories parents-first."""
     cats: list[dict[str, Any]] = []
     cid = start["categories"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,13 +73,6 @@ class Settings(BaseSettings):
     sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
     worker_data_dir: Path | None = None
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
-
-    @field_validator("host")
-    @classmethod
-    def _loopback_only(cls, v: str) -> str:
-        if not v:
-            raise ValueError("must not be empty")
-        return v
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

@@ -58,7 +58,9 @@ def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[i : i + n]
 
 
-def upsert_statement(table: sa.Table, key: str, dialect: str, rows: Sequence[Mapping[str, Any]]) -> sa.Executable:
+def upsert_statement(
+    table: sa.Table, key: str, dialect: str, rows: Sequence[Mapping[str, Any]]
+) -> sa.Executable:
     """The dialect's batched upsert of ``rows`` into ``table``."""
     others = [c.name for c in table.columns if c.name != key]
     if dialect == "postgresql":

@@ -20,7 +20,7 @@ product must be visible).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from app.changes import SourceTable
@@ -30,7 +30,7 @@ ColumnType = Literal[
 ]
 
 
-class Grain(str, Enum):
+class Grain(StrEnum):
     """What one view row stands for."""
 
     PRODUCT = "product"

@@ -29,6 +29,7 @@ import faust
 from faust.serializers import codecs
 from faust.streams import _current_event
 from mode.supervisors import CrashingSupervisor
+from sqlalchemy import exc as sa_exc
 
 from app.changes import SOURCE_TABLES, SourceTable
 from app.decode import Decoder, RegistrySchemas
@@ -174,9 +175,26 @@ class Worker:
         views, changes = self.pipeline.take_batch()
         result = BatchResult(views=views, dead_letters=dead, changes=changes)
         if result.rows:
-            await asyncio.to_thread(self.sink.write, result.views)
+            await self._write(result)
         await self._send_dead_letters(result)
         self._account(result, len(records), time.monotonic() - t0)
+
+    async def _write(self, result: BatchResult) -> None:
+        """Write the batch; retry while a consumer database is unreachable.
+
+        Nothing is acknowledged until this returns, so a worker stopped while retrying
+        replays the batch on its next start.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self.sink.write, result.views)
+                return
+            except sa_exc.OperationalError as exc:
+                log.warning("sink write failed (%s); retrying in %.1fs",
+                            str(exc.orig).splitlines()[0] if exc.orig else exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _send_dead_letters(self, result: BatchResult) -> None:
         for dl in result.dead_letters:

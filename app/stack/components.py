@@ -264,7 +264,7 @@ class StackDefinition:
             try:
                 md = AdminClient({"bootstrap.servers": self.s.bootstrap()}).list_topics(timeout=3)
                 return bool(md.brokers)
-            except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            except Exception:
                 return False
 
         return Component("kafka", self.s.kafka_port, "Apache Kafka broker+controller (KRaft)",
@@ -294,7 +294,9 @@ class StackDefinition:
             "registry", self.s.registry_port,
             "Apicurio Registry 2.6 (Confluent-compatible API at /apis/ccompat/v7)",
             lambda: datadir.mkdir(parents=True, exist_ok=True), command, healthy,
-            env={"REGISTRY_DATASOURCE_URL": f"jdbc:h2:file:{datadir}/registry;DB_CLOSE_ON_EXIT=FALSE"},
+            # File-backed H2 instead of the default in-memory one: schema ids must survive a
+            # registry restart, or the records already in Kafka could not be decoded.
+            env={"REGISTRY_DATASOURCE_URL": f"jdbc:h2:file:{datadir}/registry"},
         )
 
     def _connect(self) -> Component:

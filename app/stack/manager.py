@@ -161,7 +161,7 @@ def start(paths: Paths, comp: Component, settings: Settings) -> subprocess.Popen
     kwargs: dict[str, object] = {}
     if comp.run_as:
         kwargs.update(user=comp.run_as, group=comp.run_as, extra_groups=[])
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    proc = subprocess.Popen(
         list(comp.command()), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=str(paths.state), **kwargs,  # type: ignore[arg-type]
     )
@@ -271,9 +271,8 @@ class Stack:
         self.defn.mariadb_sql("product-db", sql)
 
     def _bootstrap_purchase(self) -> None:
-        self.defn.mariadb_sql(
-            "purchase-db", _mariadb_user_sql(self.settings) + "CREATE DATABASE IF NOT EXISTS purchase;"
-        )
+        sql = _mariadb_user_sql(self.settings) + "CREATE DATABASE IF NOT EXISTS purchase;"
+        self.defn.mariadb_sql("purchase-db", sql)
 
     def _bootstrap_order(self) -> None:
         s = self.settings

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from app.settings import Settings, load_settings
 from app.stack.manager import Stack
-from tests.integration.reference import Views, diff_views, expected_views, actual_views
+from tests.integration.reference import Views, actual_views, diff_views, expected_views
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERGE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_CONVERGE_TIMEOUT", "120"))
@@ -131,3 +131,35 @@ def wait_converged(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
                         + worker.tail(), pytrace=False)
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
+
+
+@pytest.fixture(scope="session")
+def source_events(stack: Stack, settings: Settings, product_db: sa.Engine) -> None:
+    """One fresh row in each source table, and Debezium's schemas registered for all four.
+
+    Debezium registers a table's schemas with its first record, so on a brand-new stack the
+    registry is empty until something changes.
+    """
+    import random
+
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    base = (1 << 34) + random.randrange(1 << 40)
+    with product_db.begin() as conn:
+        for sql in (
+            f"INSERT INTO categories VALUES ({base}, NULL, 'probe', 'Probe')",
+            f"INSERT INTO warranty_types VALUES ({base}, 'Probe', 1)",
+            f"INSERT INTO products VALUES ({base}, 'PROBE-{base}', 'Probe', {base}, {base}, "
+            "'pcs', 1.00, 'active')",
+            f"INSERT INTO batches VALUES ({base}, {base}, 'PROBE', '2024-02-29', NULL)",
+        ):
+            conn.execute(sa.text(sql))
+    client = SchemaRegistryClient({"url": settings.registry_url()})
+    wanted = {f"{settings.topic(t)}-{p}" for t in ("categories", "warranty_types", "products",
+                                                   "batches") for p in ("key", "value")}
+    deadline = time.monotonic() + 120
+    while not wanted <= set(client.get_subjects()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"Debezium did not register {wanted - set(client.get_subjects())} "
+                        "within 120s; see `viewsync stack logs connect`", pytrace=False)
+        time.sleep(0.5)

@@ -73,7 +73,8 @@ class Workload:
         if not others:
             return
         target = self.rng.choice(others)
-        self._x(conn, "UPDATE products SET category_id = :t WHERE category_id = :c", t=target, c=cid)
+        self._x(conn, "UPDATE products SET category_id = :t WHERE category_id = :c",
+                t=target, c=cid)
         for pid, (cat, w) in list(self.m.products.items()):
             if cat == cid:
                 self.m.products[pid] = (target, w)

@@ -1,0 +1,50 @@
+"""Sink: the SQL each dialect gets, compiled without a server (the real servers are
+exercised by tests/integration)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+
+from app.sink import delete_statement, upsert_statement, view_table
+from app.views import ORDER_PRODUCT_VIEW, PURCHASE_BATCH_VIEW, VIEWS
+
+
+def _sql(stmt: sa.Executable, dialect: sa.engine.Dialect) -> str:
+    return str(stmt.compile(dialect=dialect))  # type: ignore[attr-defined]
+
+
+def test_view_tables_follow_the_definitions() -> None:
+    for view in VIEWS:
+        t = view_table(view, sa.MetaData())
+        assert [c.name for c in t.columns] == [c.name for c in view.columns]
+        assert [c.name for c in t.primary_key.columns] == [view.key]
+        for col in view.columns:
+            assert t.c[col.name].nullable == (col.nullable and col.name != view.key)
+
+
+def test_postgres_upsert_is_on_conflict_update_of_every_non_key_column() -> None:
+    t = view_table(ORDER_PRODUCT_VIEW, sa.MetaData())
+    rows = [{c.name: None for c in ORDER_PRODUCT_VIEW.columns} for _ in range(2)]
+    sql = _sql(upsert_statement(t, "product_id", "postgresql", rows), postgresql.dialect())
+    assert "ON CONFLICT (product_id) DO UPDATE SET" in sql
+    for col in ORDER_PRODUCT_VIEW.columns:
+        if col.name != "product_id":
+            assert f"{col.name} = excluded.{col.name}" in sql
+    assert sql.count("VALUES") == 1  # one multi-row statement
+
+
+def test_mariadb_upsert_is_on_duplicate_key_update() -> None:
+    t = view_table(PURCHASE_BATCH_VIEW, sa.MetaData())
+    rows = [{c.name: None for c in PURCHASE_BATCH_VIEW.columns}]
+    sql = _sql(upsert_statement(t, "batch_id", "mariadb", rows), mysql.dialect())
+    assert "ON DUPLICATE KEY UPDATE" in sql
+    assert "category_path = VALUES(category_path)" in sql
+    assert "batch_id = VALUES(batch_id)" not in sql
+
+
+def test_delete_is_batched_by_key() -> None:
+    t = view_table(PURCHASE_BATCH_VIEW, sa.MetaData())
+    stmt = delete_statement(t, "batch_id", {3, 1, 2})
+    sql = _sql(stmt, mysql.dialect())
+    assert sql.startswith("DELETE FROM batch_view WHERE batch_view.batch_id IN")
