@@ -158,12 +158,10 @@ def start(paths: Paths, comp: Component, settings: Settings) -> subprocess.Popen
     env = dict(os.environ)
     env.update(comp.env)
     env["VIEWSYNC_DB_PASSWORD"] = settings.db_password.get_secret_value()
-    kwargs: dict[str, object] = {}
-    if comp.run_as:
-        kwargs.update(user=comp.run_as, group=comp.run_as, extra_groups=[])
     proc = subprocess.Popen(
         list(comp.command()), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=env, cwd=str(paths.state), **kwargs,  # type: ignore[arg-type]
+        start_new_session=True, env=env, cwd=str(paths.state),
+        user=comp.run_as, group=comp.run_as, extra_groups=[] if comp.run_as else None,
     )
     logf.close()
     paths.pidfile(comp.name).write_text(str(proc.pid))

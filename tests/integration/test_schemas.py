@@ -14,7 +14,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.utils import generate_many
 
 from app.changes import SOURCE_TABLES, SourceTable
-from app.decode import Decoder, DecodeFailure, RegistrySchemas, contract
+from app.decode import DecodeFailure, Decoder, RegistrySchemas, contract
 from app.settings import Settings
 from app.stack.manager import Stack
 

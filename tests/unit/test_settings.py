@@ -30,7 +30,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIEWSYNC_SINK_BATCH_SIZE", "0")
-    with pytest.raises(ConfigError, match="sink_batch_size.*VIEWSYNC_SINK_BATCH_SIZE"):
+    with pytest.raises(ConfigError, match=r"sink_batch_size.*VIEWSYNC_SINK_BATCH_SIZE"):
         load_settings()
 
 
