@@ -98,9 +98,10 @@ class Affected:
 
     def keys_for(self, view: ViewDef) -> frozenset[int]:
         """The keys of ``view`` to recompute: none when the view does not read ``table``."""
-        if self.table not in view.depends_on:
+        keys = self.product_ids if view.grain is Grain.PRODUCT else self.batch_ids
+        if keys and self.table not in view.depends_on:
             return frozenset()
-        return self.product_ids if view.grain is Grain.PRODUCT else self.batch_ids
+        return keys
 
 
 def _ref(row: Mapping[str, Any] | None, column: str) -> int | None:

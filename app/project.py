@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Final
 
 from app.changes import SourceTable
@@ -47,7 +46,10 @@ def category_path(state: SourceState, category_id: int, memo: PathMemo | None = 
     Iterative, so deep chains and cycles are safe. With ``memo``, every category on the walked
     chain is memoised and a walk stops at the first memoised ancestor.
     """
-    memo = {} if memo is None else memo
+    if memo is None:
+        memo = {}
+    elif category_id in memo:
+        return memo[category_id]
     chain: list[tuple[int, str]] = []  # (id, name), from category_id upwards
     on_chain: set[int] = set()
     current: int | None = category_id
@@ -60,8 +62,8 @@ def category_path(state: SourceState, category_id: int, memo: PathMemo | None = 
             known = memo[current]
             prefix = None if known is None else known + PATH_SEPARATOR
             break
-        row = state.categories.get(current)
-        if row is None or current in on_chain:
+        row = None if current in on_chain else state.categories.get(current)
+        if row is None:  # missing, or a cycle
             prefix = None
             break
         chain.append((current, row["name"]))
@@ -88,17 +90,20 @@ def is_visible_product(state: SourceState, product_id: int, memo: PathMemo | Non
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A view's columns, compiled: (name, source table or ``None`` for the path, column)."""
+    """A view compiled for projection: its grain and, per column, (name, table, column).
 
+    ``table`` is ``None`` for the category path.
+    """
+
+    grain: Grain
     columns: tuple[tuple[str, SourceTable | None, str], ...]
 
 
-@cache
-def _plan(view: ViewDef) -> _Plan:
+def _compile(view: ViewDef) -> _Plan:
     columns = tuple((c.name, c.source_table, c.source_column) for c in view.columns)
     if view.grain is Grain.PRODUCT and any(table == "batches" for _, table, _ in columns):
         raise ValueError(f"{view.name}: a product-grain view cannot read batches")
-    return _Plan(columns)
+    return _Plan(view.grain, columns)
 
 
 def _joined(
@@ -134,12 +139,16 @@ def project(
 
     ``memo`` caches category paths across calls while the state does not change.
     """
-    joined = _joined(state, view.grain, key, {} if memo is None else memo)
+    return _project(state, _compile(view), key, {} if memo is None else memo)
+
+
+def _project(state: SourceState, plan: _Plan, key: int, memo: PathMemo) -> ViewRow | None:
+    joined = _joined(state, plan.grain, key, memo)
     if joined is None:
         return None
     rows, path = joined
     out: ViewRow = {}
-    for name, table, column in _plan(view).columns:
+    for name, table, column in plan.columns:
         if table is None:
             out[name] = path
         else:
@@ -156,11 +165,12 @@ def project_many(
     Each category path is computed once per call (or once per shared ``memo``), so renaming
     a category with many products beneath it costs one path per category, not per product.
     """
+    plan = _compile(view)
     memo = {} if memo is None else memo
     upserts: dict[int, ViewRow] = {}
     deletes: set[int] = set()
     for key in keys:
-        row = project(state, view, key, memo)
+        row = _project(state, plan, key, memo)
         if row is None:
             deletes.add(key)
         else:

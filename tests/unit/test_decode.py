@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from app.changes import SOURCE_TABLES, SourceTable
-from app.decode import Decoder, DecodeFailure, contract, encode
+from app.decode import DecodeFailure, Decoder, contract, encode
 
 DATA = Path(__file__).parent / "data"
 

@@ -148,7 +148,10 @@ def reference_views(
 
 def reference_of(state: SourceState) -> dict[str, Rows]:
     return reference_views(
-        dict(state.categories), dict(state.warranty_types), dict(state.products), dict(state.batches)
+        dict(state.categories),
+        dict(state.warranty_types),
+        dict(state.products),
+        dict(state.batches),
     )
 
 
@@ -567,9 +570,7 @@ def key_history(draw: st.DrawFn, table: SourceTable, key: int) -> list[Change]:
     Before-images are garbage on purpose: the engine must not read them.
     """
     # a row state three times out of four, else "absent"
-    maybe_row = st.integers(0, 3).flatmap(
-        lambda n: row_strategy(table, key) if n else st.none()
-    )
+    maybe_row = st.integers(0, 3).flatmap(lambda n: row_strategy(table, key) if n else st.none())
     states = draw(st.lists(maybe_row, min_size=1, max_size=4))
     events: list[Change] = []
     previous: dict[str, Any] | None = None
@@ -581,7 +582,9 @@ def key_history(draw: st.DrawFn, table: SourceTable, key: int) -> list[Change]:
             if draw(st.booleans()):
                 events.append(Change(table, key, after=None, op="t"))
         else:
-            op: Op = "u" if previous is not None else ("r" if i == 0 and draw(st.booleans()) else "c")
+            op: Op = (
+                "u" if previous is not None else ("r" if i == 0 and draw(st.booleans()) else "c")
+            )
             events.append(Change(table, key, after=after, before=junk, op=op))
         previous = after
     return events
@@ -591,7 +594,9 @@ def key_history(draw: st.DrawFn, table: SourceTable, key: int) -> list[Change]:
 def histories(draw: st.DrawFn) -> dict[tuple[SourceTable, int], list[Change]]:
     out: dict[tuple[SourceTable, int], list[Change]] = {}
     for table, ids in KEY_SPACE.items():
-        keys = st.lists(st.sampled_from(ids), unique=True, min_size=MIN_KEYS[table], max_size=len(ids))
+        keys = st.lists(
+            st.sampled_from(ids), unique=True, min_size=MIN_KEYS[table], max_size=len(ids)
+        )
         for key in draw(keys):
             out[(table, key)] = draw(key_history(table, key))
     return out
