@@ -18,7 +18,7 @@ from app.changes import Change
 from app.decode import DecodeFailure, Decoder
 from app.join import JoinEngine, SourceState
 from app.project import project_many
-from app.views import VIEWS, Grain, ViewDef
+from app.views import VIEWS, ViewDef
 
 log = logging.getLogger("viewsync.pipeline")
 
@@ -85,9 +85,7 @@ class Pipeline:
         affected = self.engine.apply(change)
         self._changes += 1
         for view in self.views:
-            if change.table in view.depends_on:
-                keys = affected.product_ids if view.grain is Grain.PRODUCT else affected.batch_ids
-                self._dirty[view.name].update(keys)
+            self._dirty[view.name].update(affected.keys_for(view))
 
     def add(self, rec: RawRecord) -> DeadLetter | None:
         """Decode one record and apply it; a record that cannot be decoded is returned."""

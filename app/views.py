@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
-from app.changes import SourceTable
+from app.changes import SOURCE_TABLES, SourceTable
 
 ColumnType = Literal[
     "bigint", "int", "text", "varchar(16)", "varchar(64)", "varchar(255)", "numeric(12,2)", "date"
@@ -53,15 +54,17 @@ class Column:
         if self.source == CATEGORY_PATH:
             return None
         table = self.source.split(".", 1)[0]
-        assert table in ("categories", "warranty_types", "products", "batches"), table
-        return table  # type: ignore[return-value]
+        for known in SOURCE_TABLES:
+            if table == known:
+                return known
+        raise ValueError(f"column {self.name!r}: unknown source table in {self.source!r}")
 
     @property
     def source_column(self) -> str:
         return self.source.split(".", 1)[1] if "." in self.source else self.source
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ViewDef:
     consumer: str
     table: str
@@ -73,7 +76,7 @@ class ViewDef:
     def name(self) -> str:
         return f"{self.consumer}.{self.table}"
 
-    @property
+    @cached_property
     def depends_on(self) -> frozenset[SourceTable]:
         """Source tables whose changes can alter this view's rows.
 
@@ -88,6 +91,20 @@ class ViewDef:
             if t is not None:
                 tables.add(t)
         return frozenset(tables)
+
+    def validate(self) -> None:
+        """Reject a definition the projection could not serve; raise ``ValueError``."""
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate column names")
+        if self.key not in names:
+            raise ValueError(f"{self.name}: key {self.key!r} is not a column")
+        for col in self.columns:
+            table = col.source_table  # raises for an unknown table
+            if table == "batches" and self.grain is Grain.PRODUCT:
+                raise ValueError(f"{self.name}.{col.name}: a product view cannot read batches")
+            if table is not None and not col.source_column:
+                raise ValueError(f"{self.name}.{col.name}: no source column")
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -154,6 +171,8 @@ PURCHASE_BATCH_VIEW = ViewDef(
 
 #: Every view viewsync maintains. The single place to add a view or a column.
 VIEWS: tuple[ViewDef, ...] = (ORDER_PRODUCT_VIEW, PURCHASE_PRODUCT_VIEW, PURCHASE_BATCH_VIEW)
+for _view in VIEWS:
+    _view.validate()
 
 
 def consumers(views: tuple[ViewDef, ...] = VIEWS) -> tuple[str, ...]:
