@@ -62,6 +62,8 @@ def cmd_connectors(args: argparse.Namespace, s: Settings) -> int:
         print(f"{client.name}: {st['connector']['state']}")
     elif args.action == "status":
         print(json.dumps(client.status(), indent=2))
+    elif args.action == "delete":
+        print(f"{client.name}: {'deleted' if client.delete() else 'was not registered'}")
     elif args.action == "restart":
         client.restart()
         client.wait_running(timeout=args.timeout)
@@ -108,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     co_sub = co.add_subparsers(dest="action", required=True)
     for name, helptext in (("apply", "create or update from connectors/ (idempotent)"),
                            ("status", "connector and task states"),
-                           ("restart", "restart the connector and its tasks")):
+                           ("restart", "restart the connector and its tasks"),
+                           ("delete", "remove the connector (topics and offsets stay)")):
         a = co_sub.add_parser(name, help=helptext)
         a.add_argument("--timeout", type=float, default=120.0)
     co.set_defaults(func=cmd_connectors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ def render(path: Path, settings: Settings) -> tuple[str, dict[str, str]]:
     """Fill a connector file's placeholders; return (name, config)."""
     values = {
         "connector_name": settings.connector_name,
+        # Every binlog client needs its own server id; derive it from the connector's name
+        # so two connectors on one database never kick each other off.
+        "server_id": str(5400 + zlib.crc32(settings.connector_name.encode()) % 100_000),
         "host": settings.host,
         "product_db_port": str(settings.product_db_port),
         "db_user": settings.db_user,
@@ -91,6 +95,15 @@ class ConnectClient:
         if r.status_code != 200:
             raise ConnectError(f"GET status of {self.name}: {r.status_code} {r.text}")
         return dict(r.json())
+
+    def delete(self) -> bool:
+        """Remove the connector (its topics and offsets stay); False when it was not there."""
+        r = self._req("DELETE", f"/connectors/{self.name}")
+        if r.status_code == 404:
+            return False
+        if r.status_code not in (200, 204):
+            raise ConnectError(f"DELETE {self.name}: {r.status_code} {r.text}")
+        return True
 
     def restart(self) -> None:
         r = self._req("POST", f"/connectors/{self.name}/restart?includeTasks=true&onlyFailed=false")

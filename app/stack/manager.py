@@ -246,6 +246,9 @@ class Stack:
                     wait_ready(self.paths, comp, proc)
             if comp.name in bootstraps:
                 bootstraps[comp.name]()
+        with step("source topics (compacted)"):
+            created = ensure_source_topics(self.settings)
+            say(f"    {'created ' + ', '.join(created) if created else 'all present'}")
         with step("view tables in the consumer databases"):
             from app.sink import create_view_tables
 
@@ -319,6 +322,37 @@ class Stack:
         for name in [component] if component else names:
             out.append(f"==> {self.paths.log(name)} <==\n{tail(self.paths.log(name), lines)}")
         return "\n".join(out)
+
+
+def ensure_source_topics(settings: Settings) -> list[str]:
+    """Create the four source topics, compacted, unless they exist.
+
+    The connector would create them the same way (``topic.creation.*``) with its first
+    record, but a worker started before that subscribes to them, and the broker would then
+    auto-create them with the default delete-after-retention policy.
+    """
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    from app.changes import SOURCE_TABLES
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [settings.topic(t) for t in SOURCE_TABLES if settings.topic(t) not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics([
+        NewTopic(name, num_partitions=1, replication_factor=1,
+                 config={"cleanup.policy": "compact"})
+        for name in wanted
+    ])
+    for name, fut in futures.items():
+        try:
+            fut.result(30)
+        except Exception as exc:  # a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StackError(f"could not create topic {name}: {exc}") from exc
+    return wanted
 
 
 def _mariadb_user_sql(s: Settings) -> str:

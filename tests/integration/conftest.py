@@ -65,10 +65,10 @@ def consumer_dbs(stack: Stack, settings: Settings) -> Iterator[dict[str, sa.Engi
 class WorkerProcess:
     """A real `viewsync worker` subprocess that can be killed and restarted."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **env: str) -> None:
         self.worker_id = f"it-{uuid.uuid4().hex[:8]}"
         self.env = dict(os.environ, VIEWSYNC_WORKER_ID=self.worker_id,
-                        VIEWSYNC_WORKER_DATA_DIR=str(tmp / self.worker_id))
+                        VIEWSYNC_WORKER_DATA_DIR=str(tmp / self.worker_id), **env)
         self.log = tmp / f"{self.worker_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
