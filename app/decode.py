@@ -30,9 +30,21 @@ _OPS: frozenset[str] = frozenset({"c", "u", "d", "r"})
 
 
 class SchemaSource(Protocol):
-    """Gives the Avro schema text registered under an id (the schema registry)."""
+    """Gives the Avro schema text registered under an id (the schema registry).
+
+    Raises ``KeyError`` for an id the registry does not know (the record is malformed) and
+    :class:`SchemaUnavailable` when the registry cannot be asked right now.
+    """
 
     def schema_text(self, schema_id: int) -> str: ...
+
+
+class SchemaUnavailable(Exception):
+    """The registry could not be reached: retry later; the record itself may be fine.
+
+    Deliberately not turned into a :class:`DecodeFailure`: a registry outage must not send
+    good records to the dead-letter topic.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +130,9 @@ class Decoder:
                 return Change(table=table, key=key_id, after=None, op="t")
             env = self._read(value, table, "value")
             return self._envelope(table, key_id, env)
-        except Exception as exc:
+        except SchemaUnavailable:
+            raise
+        except Exception as exc:  # every other failure: a dead letter with its reason
             return DecodeFailure(topic, f"{type(exc).__name__}: {exc}")
 
     def _envelope(self, table: SourceTable, key_id: int, env: Mapping[str, Any]) -> Change:
@@ -158,4 +172,13 @@ class RegistrySchemas:
         self._client = SchemaRegistryClient({"url": url})
 
     def schema_text(self, schema_id: int) -> str:
-        return str(self._client.get_schema(schema_id).schema_str)
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            return str(self._client.get_schema(schema_id).schema_str)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise KeyError(f"schema id {schema_id} is not in the registry") from exc
+            raise SchemaUnavailable(f"registry error for schema id {schema_id}: {exc}") from exc
+        except Exception as exc:  # connection refused, timeout, ...
+            raise SchemaUnavailable(f"registry unreachable: {exc}") from exc

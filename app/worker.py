@@ -32,9 +32,9 @@ from mode.supervisors import CrashingSupervisor
 from sqlalchemy import exc as sa_exc
 
 from app.changes import SOURCE_TABLES, SourceTable
-from app.decode import Decoder, RegistrySchemas
+from app.decode import Decoder, RegistrySchemas, SchemaUnavailable
 from app.join import SourceState
-from app.pipeline import BatchResult, Pipeline, RawRecord
+from app.pipeline import BatchResult, DeadLetter, Pipeline, RawRecord
 from app.settings import Settings
 from app.sink import Sink
 
@@ -172,7 +172,7 @@ class Worker:
             # processed; take_events() does not set it for the batch body, so set it here.
             token = _current_event.set(weakref.ref(event))
             try:
-                if (dl := self.pipeline.add(rec)) is not None:
+                if (dl := await self._add(rec)) is not None:
                     dead.append(dl)
             finally:
                 _current_event.reset(token)
@@ -182,6 +182,18 @@ class Worker:
             await self._write(result)
         await self._send_dead_letters(result)
         self._account(result, len(records), time.monotonic() - t0)
+
+    async def _add(self, rec: RawRecord) -> DeadLetter | None:
+        """Decode and apply one record; wait out a registry outage instead of failing."""
+        delay = 0.5
+        while True:
+            try:
+                return self.pipeline.add(rec)
+            except SchemaUnavailable as exc:
+                log.warning("%s; retrying %s[%d]@%d in %.1fs", exc, rec.topic, rec.partition,
+                            rec.offset, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _write(self, result: BatchResult) -> None:
         """Write the batch; retry while a consumer database is unreachable.

@@ -14,7 +14,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.utils import generate_many
 
 from app.changes import SOURCE_TABLES, SourceTable
-from app.decode import DecodeFailure, Decoder, RegistrySchemas, contract
+from app.decode import DecodeFailure, Decoder, RegistrySchemas, SchemaUnavailable, contract
 from app.settings import Settings
 from app.stack.manager import Stack
 
@@ -59,3 +59,11 @@ def test_records_in_the_topics_decode(stack: Stack, settings: Settings) -> None:
     finally:
         c.close()
     assert set(seen) == set(topics), f"no records seen in {set(topics) - set(seen)}"
+
+
+def test_registry_answers_unknown_id_and_outage_differently(stack: Stack,
+                                                             settings: Settings) -> None:
+    with pytest.raises(KeyError):
+        RegistrySchemas(settings.registry_url()).schema_text(987_654_321)
+    with pytest.raises(SchemaUnavailable):
+        RegistrySchemas("http://127.0.0.1:9/apis/ccompat/v7").schema_text(1)

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 
 from app.changes import SOURCE_TABLES, SourceTable
-from app.decode import DecodeFailure, Decoder, contract, encode
+from app.decode import DecodeFailure, Decoder, SchemaUnavailable, contract, encode
 from tests.unit.debezium import SOURCE, TOPICS, DictSchemas, key, value, writer
 
 
@@ -125,3 +125,15 @@ def test_contracts_are_valid_avro(table: SourceTable) -> None:
 
     for part in ("key", "value"):
         fastavro.parse_schema(contract(table, part))
+
+
+def test_registry_outage_is_raised_not_dead_lettered(schemas: DictSchemas) -> None:
+    """A good record must not go to the dead-letter topic because the registry is down."""
+
+    class Down:
+        def schema_text(self, schema_id: int) -> str:
+            raise SchemaUnavailable("registry unreachable")
+
+    dec = Decoder(Down(), TOPICS)
+    with pytest.raises(SchemaUnavailable):
+        dec.decode("p.product.products", key(schemas, "products", 1), None)
