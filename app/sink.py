@@ -10,7 +10,7 @@ rewrites the same rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,24 +58,28 @@ def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[i : i + n]
 
 
-def upsert_statement(
-    table: sa.Table, key: str, dialect: str, rows: Sequence[Mapping[str, Any]]
-) -> sa.Executable:
-    """The dialect's batched upsert of ``rows`` into ``table``."""
+def upsert_statement(table: sa.Table, key: str, dialect: str) -> sa.Executable:
+    """The dialect's upsert into ``table``, executed with a list of rows (executemany).
+
+    Built once per table and reused: SQLAlchemy caches its compiled form and batches the
+    rows into multi-row ``VALUES`` itself ("insertmanyvalues" on PostgreSQL, PyMySQL's
+    multi-row executemany on MariaDB).
+    """
     others = [c.name for c in table.columns if c.name != key]
     if dialect == "postgresql":
-        pg = postgresql.insert(table).values(list(rows))
+        pg = postgresql.insert(table)
         return pg.on_conflict_do_update(
             index_elements=[key], set_={c: pg.excluded[c] for c in others}
         )
     if dialect in ("mysql", "mariadb"):
-        my = mysql.insert(table).values(list(rows))
+        my = mysql.insert(table)
         return my.on_duplicate_key_update({c: my.inserted[c] for c in others})
     raise ValueError(f"unsupported consumer database dialect {dialect!r}")
 
 
-def delete_statement(table: sa.Table, key: str, keys: Iterable[int]) -> sa.Executable:
-    return sa.delete(table).where(table.c[key].in_(sorted(keys)))
+def delete_statement(table: sa.Table, key: str) -> sa.Executable:
+    """``DELETE … WHERE key IN (:keys)``, with ``keys`` an expanding list parameter."""
+    return sa.delete(table).where(table.c[key].in_(sa.bindparam("keys", expanding=True)))
 
 
 class ConsumerSink:
@@ -87,6 +91,10 @@ class ConsumerSink:
         self.metadata = sa.MetaData()
         self.views = [v for v in views if v.consumer == consumer]
         self.tables = {v.name: view_table(v, self.metadata) for v in self.views}
+        self._upserts = {v.name: upsert_statement(self.tables[v.name], v.key, self.dialect)
+                         for v in self.views}
+        self._deletes = {v.name: delete_statement(self.tables[v.name], v.key)
+                         for v in self.views}
 
     @property
     def dialect(self) -> str:
@@ -107,14 +115,14 @@ class ConsumerSink:
         return n
 
     def _write_view(self, conn: Connection, view: ViewDef, batch: ViewBatch) -> int:
-        table = self.tables[view.name]
         if batch.deletes:
             for keys in _chunks(sorted(batch.deletes)):
-                conn.execute(delete_statement(table, view.key, keys))
+                conn.execute(self._deletes[view.name], {"keys": list(keys)})
         if batch.upserts:
+            # Sorted by key: concurrent writers (scale-out) lock rows in the same order.
             rows = [batch.upserts[k] for k in sorted(batch.upserts)]
             for chunk in _chunks(rows):
-                conn.execute(upsert_statement(table, view.key, self.dialect, chunk))
+                conn.execute(self._upserts[view.name], list(chunk))
         return len(batch)
 
     def dispose(self) -> None:

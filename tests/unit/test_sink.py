@@ -25,19 +25,17 @@ def test_view_tables_follow_the_definitions() -> None:
 
 def test_postgres_upsert_is_on_conflict_update_of_every_non_key_column() -> None:
     t = view_table(ORDER_PRODUCT_VIEW, sa.MetaData())
-    rows = [{c.name: None for c in ORDER_PRODUCT_VIEW.columns} for _ in range(2)]
-    sql = _sql(upsert_statement(t, "product_id", "postgresql", rows), postgresql.dialect())
+    sql = _sql(upsert_statement(t, "product_id", "postgresql"), postgresql.dialect())
     assert "ON CONFLICT (product_id) DO UPDATE SET" in sql
     for col in ORDER_PRODUCT_VIEW.columns:
         if col.name != "product_id":
             assert f"{col.name} = excluded.{col.name}" in sql
-    assert sql.count("VALUES") == 1  # one multi-row statement
+    assert sql.count("VALUES") == 1
 
 
 def test_mariadb_upsert_is_on_duplicate_key_update() -> None:
     t = view_table(PURCHASE_BATCH_VIEW, sa.MetaData())
-    rows = [{c.name: None for c in PURCHASE_BATCH_VIEW.columns}]
-    sql = _sql(upsert_statement(t, "batch_id", "mariadb", rows), mysql.dialect())
+    sql = _sql(upsert_statement(t, "batch_id", "mariadb"), mysql.dialect())
     assert "ON DUPLICATE KEY UPDATE" in sql
     assert "category_path = VALUES(category_path)" in sql
     assert "batch_id = VALUES(batch_id)" not in sql
@@ -45,6 +43,6 @@ def test_mariadb_upsert_is_on_duplicate_key_update() -> None:
 
 def test_delete_is_batched_by_key() -> None:
     t = view_table(PURCHASE_BATCH_VIEW, sa.MetaData())
-    stmt = delete_statement(t, "batch_id", {3, 1, 2})
-    sql = _sql(stmt, mysql.dialect())
+    sql = _sql(delete_statement(t, "batch_id"), mysql.dialect())
     assert sql.startswith("DELETE FROM batch_view WHERE batch_view.batch_id IN")
+    assert "__[POSTCOMPILE_keys]" in sql  # one list parameter, expanded at execution
