@@ -9,7 +9,8 @@ Measures, in one run:
    views; time until every view holds its expected row count, and rows/s;
 3. a rename of the root category with the largest subtree: time until every affected row
    shows the new path in the Order DB (PostgreSQL) and in the Purchase DB (MariaDB);
-4. commit-to-visible of single product updates (median, p90, max over --updates).
+4. commit-to-visible of single product updates (median, p90, max over --updates);
+5. a SIGKILL of the worker and a restart: time until a change made meanwhile is visible.
 Finally the views are compared row by row with the reference join.
 
     .venv/bin/python bench/bench_pipeline.py --products 100000 --out bench/reports/pipeline.md
@@ -175,7 +176,24 @@ def main() -> int:
                         f"{samples[int(len(samples) * 0.9) - 1] * 1000:.0f} ms, max "
                         f"{samples[-1] * 1000:.0f} ms"))
 
-        # 5. exactness
+        # 5. crash and restart: SIGKILL, start again, time until an update is visible
+        #    (consumer-group rejoin + state recovery from the changelog topics)
+        worker.kill()
+        worker.wait(30)
+        with source.begin() as conn:
+            conn.execute(sa.text("UPDATE products SET name = 'after-restart' WHERE id = :i"),
+                         {"i": pid})
+        t0 = time.monotonic()
+        with open(tmp / "worker.log", "ab") as wlog:
+            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT,
+                                      env=env, stdout=wlog, stderr=subprocess.STDOUT)
+        secs = wait_for(lambda: count(
+            dbs["order"], "SELECT COUNT(*) FROM product_view WHERE product_id = :i "
+            "AND name = 'after-restart'", i=pid) == 1, 900, "the update after a restart")
+        results.append(("SIGKILL + restart of the worker: update visible after start",
+                        f"{secs:.1f}s"))
+
+        # 6. exactness
         problems = diff_views(expected_views(source), actual_views(dbs))
         results.append(("row-by-row comparison with the reference join",
                         "0 differences" if not problems else f"{len(problems)} differences"))
