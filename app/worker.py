@@ -233,13 +233,27 @@ class Worker:
                   n, result.changes, result.rows, len(result.dead_letters), seconds * 1000)
 
 
+def _create_tables_when_reachable(sink: Sink) -> None:
+    """Create missing view tables; wait (with backoff) while a consumer DB is unreachable."""
+    delay = 0.5
+    while True:
+        try:
+            sink.create_tables()
+            return
+        except sa_exc.OperationalError as exc:
+            log.warning("consumer database unreachable (%s); retrying in %.1fs",
+                        str(exc.orig).splitlines()[0] if exc.orig else exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; Faust shuts down cleanly (flushes, commits)."""
     from app.stack.manager import say
 
     settings.worker_dir().mkdir(parents=True, exist_ok=True)
     worker = Worker(settings)
-    worker.sink.create_tables()
+    _create_tables_when_reachable(worker.sink)
     say(f"viewsync worker: {', '.join(worker.pipeline.decoder.topics)} → "
         + ", ".join(v.name for v in worker.pipeline.views))
     fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True,
