@@ -163,3 +163,31 @@ def source_events(stack: Stack, settings: Settings, product_db: sa.Engine) -> No
             pytest.fail(f"Debezium did not register {wanted - set(client.get_subjects())} "
                         "within 120s; see `viewsync stack logs connect`", pytrace=False)
         time.sleep(0.5)
+
+
+def wait_live(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
+              worker: WorkerProcess, timeout: float = CONVERGE_TIMEOUT) -> None:
+    """Wait until the worker is processing live changes: a fresh probe product reaches both
+    consumer databases. (Converged views alone may predate this worker.)"""
+    import random
+
+    pid = (1 << 35) + random.randrange(1 << 40)
+    with product_db.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO categories VALUES ({pid}, NULL, 'live', 'Live')"))
+        conn.execute(sa.text(f"INSERT INTO products VALUES ({pid}, 'LIVE-{pid}', 'Live', {pid}, "
+                             "NULL, 'pcs', 1.00, 'active')"))
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = 0
+        for engine in consumer_dbs.values():
+            with engine.connect() as conn:
+                seen += conn.execute(sa.text(
+                    f"SELECT COUNT(*) FROM product_view WHERE product_id = {pid}")).scalar_one()
+        if seen == len(consumer_dbs):
+            return
+        if not worker.alive():
+            pytest.fail("worker exited:\n" + worker.tail())
+        if time.monotonic() > deadline:
+            pytest.fail(f"the worker did not pick up a live change within {timeout:.0f}s:\n"
+                        + worker.tail(), pytrace=False)
+        time.sleep(0.05)

@@ -10,7 +10,7 @@ import time
 import sqlalchemy as sa
 
 from app.stack.manager import Stack, read_pid, start, stop, wait_ready
-from tests.integration.conftest import WorkerProcess, wait_converged
+from tests.integration.conftest import WorkerProcess, wait_converged, wait_live
 from tests.integration.workload import Workload
 
 
@@ -31,7 +31,7 @@ def test_consumer_database_outage(
     stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
     worker: WorkerProcess,
 ) -> None:
-    wait_converged(product_db, consumer_dbs, worker)  # the worker is up and caught up
+    wait_live(product_db, consumer_dbs, worker)  # the worker is up and caught up
     wl = Workload(product_db, seed=random.randrange(1 << 30))
     wl.run(30)
     _restart(stack, "purchase-db", down_for=5.0, wl=wl, steps=60)
@@ -45,7 +45,7 @@ def test_connect_restart(
     stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
     worker: WorkerProcess,
 ) -> None:
-    wait_converged(product_db, consumer_dbs, worker)  # the worker is up and caught up
+    wait_live(product_db, consumer_dbs, worker)  # the worker is up and caught up
     wl = Workload(product_db, seed=random.randrange(1 << 30))
     wl.run(30)
     _restart(stack, "connect", down_for=0.0, wl=wl, steps=60)
@@ -58,7 +58,7 @@ def test_kafka_broker_restart(
     stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
     worker: WorkerProcess,
 ) -> None:
-    wait_converged(product_db, consumer_dbs, worker)  # the worker is up and caught up
+    wait_live(product_db, consumer_dbs, worker)  # the worker is up and caught up
     wl = Workload(product_db, seed=random.randrange(1 << 30))
     wl.run(30)
     _restart(stack, "kafka", down_for=3.0, wl=wl, steps=60)
