@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(2000, ge=1, le=100_000)
     sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
     worker_data_dir: Path | None = None
+    #: Where the worker keeps join state between restarts: "memory" re-reads the changelog
+    #: topics on every start; "rocksdb" keeps a local copy in worker_data_dir and reads only
+    #: the changelog written since (faster restarts, slower lookups).
+    worker_store: Literal["memory", "rocksdb"] = "memory"
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")

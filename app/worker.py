@@ -77,7 +77,7 @@ def build_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.bootstrap()}",
-        store="memory://",
+        store=f"{settings.worker_store}://",
         datadir=str(settings.worker_dir()),
         topic_partitions=1,
         topic_replication_factor=1,

@@ -145,6 +145,28 @@ def test_random_workload_with_worker_crash_converges(
 ) -> None:
     """A few hundred mixed operations on all four tables, a SIGKILL of the worker halfway,
     and then every view must equal the reference join exactly."""
+    _workload_with_crash(product_db, consumer_dbs, worker)
+
+
+def test_random_workload_with_crash_converges_with_rocksdb_state(
+    product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The same with the RocksDB state store, whose local copy survives the SIGKILL.
+    (The session worker is stopped first: one writer per view row.)"""
+    worker.stop()
+    rocks = WorkerProcess(tmp_path_factory.mktemp("rocks"), VIEWSYNC_WORKER_STORE="rocksdb")
+    rocks.start()
+    try:
+        _workload_with_crash(product_db, consumer_dbs, rocks)
+    finally:
+        rocks.stop()
+        worker.start()
+
+
+def _workload_with_crash(
+    product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess
+) -> None:
     seed = random.randrange(1 << 30)
     print(f"\nworkload seed: {seed}")
     wl = Workload(product_db, seed=seed)
