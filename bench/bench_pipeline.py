@@ -214,6 +214,7 @@ def main() -> int:
         "# End-to-end pipeline benchmark", "",
         f"Real stack on {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; one worker, one partition per topic; "
+        f"`worker_store={s.worker_store}`; "
         f"`sink_batch_size={s.sink_batch_size}`, `sink_max_wait_ms={s.sink_max_wait_ms}`; "
         f"{args.products:,} products seeded. One run: numbers are from the same run, "
         "side by side.", "",

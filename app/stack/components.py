@@ -82,8 +82,6 @@ class Component:
     command: Callable[[], Sequence[str]]
     #: True when the component answers for real.
     healthy: Callable[[], bool]
-    #: Run once after the first healthy start and on every `up` (must be idempotent).
-    bootstrap: Callable[[], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     #: OS user to run as (for PostgreSQL when we are root).
     run_as: str | None = None
