@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from app.stack.manager import Stack, read_pid, start, stop, wait_ready
@@ -27,41 +28,21 @@ def _restart(stack: Stack, name: str, down_for: float, wl: Workload, steps: int)
     wait_ready(stack.paths, comp, proc)
 
 
-def test_consumer_database_outage(
-    stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
-    worker: WorkerProcess,
+@pytest.mark.parametrize(
+    ("component", "down_for", "timeout"),
+    [("purchase-db", 5.0, 120.0), ("connect", 0.0, 120.0), ("kafka", 3.0, 240.0)],
+    ids=["consumer-db-outage", "connect-restart", "kafka-broker-restart"],
+)
+def test_views_converge_across_a_restart_of(
+    component: str, down_for: float, timeout: float, stack: Stack, product_db: sa.Engine,
+    consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
 ) -> None:
     wait_live(product_db, consumer_dbs, worker)  # the worker is up and caught up
     wl = Workload(product_db, seed=random.randrange(1 << 30))
     wl.run(30)
-    _restart(stack, "purchase-db", down_for=5.0, wl=wl, steps=60)
+    _restart(stack, component, down_for=down_for, wl=wl, steps=60)
     wl.run(30)
-    wait_converged(product_db, consumer_dbs, worker)
+    wait_converged(product_db, consumer_dbs, worker, timeout=timeout)
     assert worker.alive()
-    assert "sink write failed" in worker.log.read_text(), "the outage was never noticed"
-
-
-def test_connect_restart(
-    stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
-    worker: WorkerProcess,
-) -> None:
-    wait_live(product_db, consumer_dbs, worker)  # the worker is up and caught up
-    wl = Workload(product_db, seed=random.randrange(1 << 30))
-    wl.run(30)
-    _restart(stack, "connect", down_for=0.0, wl=wl, steps=60)
-    wl.run(30)
-    wait_converged(product_db, consumer_dbs, worker)
-    assert worker.alive()
-
-
-def test_kafka_broker_restart(
-    stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
-    worker: WorkerProcess,
-) -> None:
-    wait_live(product_db, consumer_dbs, worker)  # the worker is up and caught up
-    wl = Workload(product_db, seed=random.randrange(1 << 30))
-    wl.run(30)
-    _restart(stack, "kafka", down_for=3.0, wl=wl, steps=60)
-    wl.run(30)
-    wait_converged(product_db, consumer_dbs, worker, timeout=240)
-    assert worker.alive()
+    if component == "purchase-db":
+        assert "sink write failed" in worker.log.read_text(), "the outage was never noticed"
