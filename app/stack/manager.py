@@ -143,11 +143,13 @@ def read_pid(paths: Paths, name: str) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return None
-    except PermissionError:
-        return pid
+    # A stale pid file (the machine or session went away) may name a reused pid: only a
+    # process whose command line points into our state directory is ours.
+    if str(paths.state).encode() not in cmdline:
+        return None
     return pid
 
 
