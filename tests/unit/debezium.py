@@ -1,5 +1,5 @@
 """Debezium-shaped Avro records for unit tests, encoded with the writer schemas that
-Debezium 3.4 registered in the real registry (captured into tests/unit/data)."""
+Debezium 3.4 registered in the real registry (captured into tests/unit/fixtures)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from app.changes import SOURCE_TABLES, SourceTable
 from app.decode import encode
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 
 
 def writer(table: str, part: str) -> dict[str, Any]:

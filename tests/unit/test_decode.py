@@ -1,6 +1,6 @@
 """Decode: wire format, Debezium envelopes, tombstones, logical types, dead-letter reasons.
 
-The writer schemas in tests/unit/data are the ones Debezium 3.4 registered in the real
+The writer schemas in tests/unit/fixtures are the ones Debezium 3.4 registered in the real
 registry for the Product tables (captured from `viewsync stack up`), so these tests encode
 exactly what the connector produces and decode it through the contract in schemas/.
 """
