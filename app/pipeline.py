@@ -1,37 +1,48 @@
-"""The record's path through viewsync, without any I/O: decode → join → project.
+"""The record's path through viewsync: decode → state/join → project → sink, in one loop.
 
-:class:`Pipeline` takes raw Kafka records (topic, key bytes, value bytes), decodes each one
-(``app.decode``), applies it to the join state (``app.join``), and projects every view row
-that may have changed (``app.project``) into one :class:`ViewBatch` per view. The worker
-(``app.worker``) hands those batches to the sink (``app.sink``) and only then acknowledges
-the records. Records that cannot be decoded come back as dead letters with their reason.
+:class:`Pipeline` is the synchronous core of a batch: it decodes raw Kafka records
+(``app.decode``), applies them to the join state (``app.join`` over ``app.state``), projects
+every view row that may have changed (``app.project``) into one
+:class:`~app.project.ViewBatch` per view, and commits the state with the source positions it
+reached. :class:`BatchLoop` owns the order of the whole batch and is what the worker
+(``app.worker``, the Faust edge) and the tests drive:
+
+1. decode + apply every record (a registry outage is waited out, never dead-lettered);
+2. project the dirty keys; commit the state store with the batch's source positions;
+3. wait until the previous batch's write is done (one write in flight);
+4. write this batch in a thread (one transaction per consumer database; an unreachable
+   database is retried), send its dead letters, then call ``done`` — the worker
+   acknowledges the batch's Kafka offsets only then.
+
+So batch N+1 is decoded and projected while batch N is written, and no offset is committed
+before the rows of every record up to it are in the consumer databases.
+
+**Why a crash cannot lose a change.** The state store may be ahead of the consumer
+databases (committed in step 2, before the write). A restarted worker resumes from the
+committed Kafka offsets, which are never ahead of the databases, so it replays what the
+databases may lack. Records below the position the store had already reached are applied
+with ``prune=False`` (every view redone, not only those whose columns changed), because the
+engine's "previous row" is then newer than what the views hold.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.changes import Change
-from app.decode import DecodeFailure, Decoder
-from app.join import JoinEngine, SourceState
-from app.project import project_many
+from app.decode import DecodeFailure, Decoder, SchemaUnavailable
+from app.join import Affected, JoinEngine
+from app.project import ViewBatch, project_many
+from app.retry import retry
+from app.sink import SinkUnavailable, ViewSink
+from app.state import Positions, StateStore
 from app.views import VIEWS, ViewDef
 
 log = logging.getLogger("viewsync.pipeline")
-
-
-@dataclass
-class ViewBatch:
-    """What one view needs written: rows to upsert by key, keys to delete."""
-
-    upserts: dict[int, dict[str, Any]] = field(default_factory=dict)
-    deletes: set[int] = field(default_factory=set)
-
-    def __len__(self) -> int:
-        return len(self.upserts) + len(self.deletes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,56 +72,167 @@ class BatchResult:
 
 
 class Pipeline:
-    """Accumulates a batch: ``add`` each record in order, then ``take_batch``.
+    """Accumulates a batch: ``add`` each record in order, then ``take_batch`` and ``commit``.
 
     Rows are projected once per dirty key when the batch is taken (a key changed many times
     in one batch is written once, with its latest state).
     """
 
-    def __init__(self, decoder: Decoder, state: SourceState,
+    def __init__(self, decoder: Decoder, store: StateStore,
                  views: Sequence[ViewDef] = VIEWS) -> None:
         self.decoder = decoder
-        self.state = state
+        self.store = store
+        self.state = store.state
         self.views = tuple(views)
-        self.engine = JoinEngine(state)
+        self.engine = JoinEngine(self.state)
+        #: Where the state store stood when this pipeline started: records below it are
+        #: replays over a state that may be ahead of the views (applied with prune=False).
+        self.replay_until: Positions = store.positions()
+        #: Source positions reached since the last commit.
+        self.positions: Positions = {}
         self._dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
         self._changes = 0
 
-    def rebuild(self) -> None:
-        """Rebuild the join indexes from the state (after the state was recovered)."""
-        self.engine = JoinEngine(self.state)
-
-    def apply(self, change: Change) -> None:
+    def apply(self, change: Change, prune: bool = True) -> Affected:
         """Join stage: update the state, mark every view key the change may alter."""
-        affected = self.engine.apply(change)
+        affected = self.engine.apply(change, prune=prune)
         self._changes += 1
         for view in self.views:
-            self._dirty[view.name].update(affected.keys_for(view))
+            keys = affected.keys_for(view)
+            if keys:
+                self._dirty[view.name].update(keys)
+        return affected
+
+    def _decode(self, rec: RawRecord) -> Change | DeadLetter:
+        decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
+        tp = (rec.topic, rec.partition)
+        self.positions[tp] = rec.offset + 1
+        if isinstance(decoded, DecodeFailure):
+            return DeadLetter(rec, decoded.reason)
+        return decoded
 
     def add(self, rec: RawRecord) -> DeadLetter | None:
-        """Decode one record and apply it; a record that cannot be decoded is returned."""
-        decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
-        if isinstance(decoded, DecodeFailure):
+        """Decode one record and apply it; a record that cannot be decoded is returned.
+
+        Raises :class:`~app.decode.SchemaUnavailable` (nothing applied) while the registry
+        cannot be asked.
+        """
+        decoded = self._decode(rec)
+        if isinstance(decoded, DeadLetter):
             log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         decoded.reason)
-            return DeadLetter(rec, decoded.reason)
-        self.apply(decoded)
+            return decoded
+        replay = rec.offset < self.replay_until.get((rec.topic, rec.partition), 0)
+        self.apply(decoded, prune=not replay)
         return None
+
+    def restore(self, rec: RawRecord) -> bool:
+        """Apply one record to the state only (the views already hold it); ``False`` for a
+        record that cannot be decoded (it was dead-lettered when first processed)."""
+        decoded = self._decode(rec)
+        if isinstance(decoded, DeadLetter):
+            return False
+        self.engine.apply(decoded, prune=False)
+        return True
 
     def take_batch(self) -> tuple[dict[str, ViewBatch], int]:
         """Project stage: the rows to write for everything applied since the last call."""
         out: dict[str, ViewBatch] = {}
+        memo: dict[int, str | None] = {}
         for view in self.views:
             keys = self._dirty[view.name]
             if keys:
-                upserts, deletes = project_many(self.state, view, keys)
-                out[view.name] = ViewBatch(upserts=upserts, deletes=deletes)
+                out[view.name] = project_many(self.state, view, keys, memo)
             self._dirty[view.name] = set()
         changes, self._changes = self._changes, 0
         return out, changes
 
+    def commit(self) -> None:
+        """Make the state applied so far durable, with the source positions it reached."""
+        self.store.commit(self.positions)
+        self.positions = {}
+
     def process(self, records: Iterable[RawRecord]) -> BatchResult:
-        """``add`` every record, then ``take_batch``."""
+        """``add`` every record, ``take_batch``, ``commit``."""
         dead = [dl for rec in records if (dl := self.add(rec)) is not None]
         views, changes = self.take_batch()
+        self.commit()
         return BatchResult(views=views, dead_letters=dead, changes=changes)
+
+
+@dataclass
+class Totals:
+    """What a :class:`BatchLoop` has done since it started."""
+
+    batches: int = 0
+    records: int = 0
+    changes: int = 0
+    rows: int = 0
+    dead: int = 0
+    started: float = field(default_factory=time.monotonic)
+    #: (topic, partition) -> next offset whose batch has been written.
+    written: Positions = field(default_factory=dict)
+
+
+class BatchLoop:
+    """The one batch loop: decode → state → project → commit state → write → ``done``."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        sink: ViewSink,
+        send_dead_letter: Callable[[DeadLetter], Awaitable[None]],
+    ) -> None:
+        self.pipeline = pipeline
+        self.sink = sink
+        self.send_dead_letter = send_dead_letter
+        self.totals = Totals()
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def handle(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
+        """Run one batch; ``done`` is called once its rows are committed in every consumer
+        database and its dead letters are sent. Returns while that write may still run."""
+        dead: list[DeadLetter] = []
+        for rec in records:
+            try:
+                dl = self.pipeline.add(rec)
+            except SchemaUnavailable:
+                dl = await retry(_later(self.pipeline.add, rec), SchemaUnavailable,
+                                 f"schema lookup for {rec.topic}[{rec.partition}]@{rec.offset}")
+            if dl is not None:
+                dead.append(dl)
+        positions = dict(self.pipeline.positions)
+        views, changes = self.pipeline.take_batch()
+        self.pipeline.commit()
+        result = BatchResult(views=views, dead_letters=dead, changes=changes)
+        await self.drain()
+        self._inflight = asyncio.create_task(self._write(result, len(records), positions, done))
+
+    async def drain(self) -> None:
+        """Wait for the write in flight (its error, if any, is raised here)."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def _write(self, result: BatchResult, n: int, positions: Positions,
+                     done: Callable[[], None]) -> None:
+        if result.rows:
+            await retry(lambda: asyncio.to_thread(self.sink.write, result.views),
+                        SinkUnavailable, "sink write")
+        for dl in result.dead_letters:
+            await self.send_dead_letter(dl)
+        done()
+        t = self.totals
+        t.batches += 1
+        t.records += n
+        t.changes += result.changes
+        t.rows += result.rows
+        t.dead += len(result.dead_letters)
+        t.written.update(positions)
+
+
+def _later(fn: Callable[[RawRecord], DeadLetter | None], rec: RawRecord
+         ) -> Callable[[], Awaitable[DeadLetter | None]]:
+    async def call() -> DeadLetter | None:
+        return fn(rec)
+    return call

@@ -17,12 +17,12 @@ a bug upstream and raises ``KeyError``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.changes import SourceTable
-from app.join import Affected, SourceState
-from app.views import VIEWS, Grain, ViewDef
+from app.state import SourceState
+from app.views import Grain, ViewDef
 
 PATH_SEPARATOR: Final = " > "
 
@@ -32,8 +32,16 @@ PathMemo = dict[int, str | None]
 #: One view row: column name -> value, in the view's column order.
 ViewRow = dict[str, Any]
 
-#: What one projection pass yields for one view: rows to upsert by key, keys to delete.
-ViewDelta = tuple[dict[int, ViewRow], set[int]]
+
+@dataclass
+class ViewBatch:
+    """What one view needs written: rows to upsert by key, keys to delete."""
+
+    upserts: dict[int, ViewRow] = field(default_factory=dict)
+    deletes: set[int] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.deletes)
 
 
 # --- category paths and visibility ---------------------------------------------------------
@@ -159,36 +167,19 @@ def _project(state: SourceState, plan: _Plan, key: int, memo: PathMemo) -> ViewR
 
 def project_many(
     state: SourceState, view: ViewDef, keys: Iterable[int], memo: PathMemo | None = None
-) -> ViewDelta:
-    """Project every key of ``keys``: ``(upserts by key, keys to delete)``.
+) -> ViewBatch:
+    """Project every key of ``keys`` into the rows to upsert and the keys to delete.
 
     Each category path is computed once per call (or once per shared ``memo``), so renaming
     a category with many products beneath it costs one path per category, not per product.
     """
     plan = _compile(view)
     memo = {} if memo is None else memo
-    upserts: dict[int, ViewRow] = {}
-    deletes: set[int] = set()
+    out = ViewBatch()
     for key in keys:
         row = _project(state, plan, key, memo)
         if row is None:
-            deletes.add(key)
+            out.deletes.add(key)
         else:
-            upserts[key] = row
-    return upserts, deletes
-
-
-def project_affected(
-    state: SourceState, affected: Affected, views: Iterable[ViewDef] = VIEWS
-) -> dict[str, ViewDelta]:
-    """Project the keys ``affected`` names for each view that reads the changed table.
-
-    Returns view name -> delta, only for views with keys to redo; one path memo is shared.
-    """
-    memo: PathMemo = {}
-    deltas: dict[str, ViewDelta] = {}
-    for view in views:
-        keys = affected.keys_for(view)
-        if keys:
-            deltas[view.name] = project_many(state, view, keys, memo)
-    return deltas
+            out.upserts[key] = row
+    return out

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     db_user: str = "viewsync"
     db_password: SecretStr = SecretStr("viewsync-local")
     java_heap: str = Field("512m", pattern=r"^\d+[mMgG]$")
+    #: JVM flags of Kafka, Connect and the registry: "small" (C1 only, SerialGC; quick start,
+    #: light on 2 cores) or "production" (tiered C2, G1: what benchmarks run).
+    jvm_profile: Literal["small", "production"] = "small"
 
     # --- endpoints (derived from the stack settings when not given) --------------------
     source_url: SecretStr | None = None
@@ -72,10 +75,12 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(2000, ge=1, le=100_000)
     sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
     worker_data_dir: Path | None = None
-    #: Where the worker keeps join state between restarts: "memory" re-reads the changelog
-    #: topics on every start; "rocksdb" keeps a local copy in worker_data_dir and reads only
-    #: the changelog written since (faster restarts, slower lookups).
-    worker_store: Literal["memory", "rocksdb"] = "memory"
+    #: Where the worker keeps its join state: "rocksdb" in worker_data_dir, with the source
+    #: positions it reached, so a restart reads only what is new; "memory" rebuilds it from
+    #: the compacted source topics at every start (small catalogues, tests).
+    worker_store: Literal["memory", "rocksdb"] = "rocksdb"
+    #: Seconds between two progress lines of the worker (records, rows/s, lag, caught up).
+    progress_interval_s: float = Field(10.0, gt=0, le=3600)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")

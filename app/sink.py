@@ -1,23 +1,31 @@
 """Sink: write projected view rows into each consumer's database with SQLAlchemy 2 Core.
 
 Deciding *whether* a row is upserted or deleted is pure (``app.project``); this module only
-builds and runs the statements: batched ``INSERT … ON CONFLICT DO UPDATE`` on PostgreSQL,
-``INSERT … ON DUPLICATE KEY UPDATE`` on MariaDB, batched ``DELETE … WHERE key IN (…)``, one
-transaction per consumer database per batch. Writes are idempotent: replaying a batch
-rewrites the same rows.
+builds and runs the statements. The contract the pipeline relies on is :class:`ViewSink`:
+create the view tables, write one batch (one transaction per consumer database), close; a
+database that cannot be reached raises :class:`SinkUnavailable` (the pipeline retries), any
+other error is a bug and propagates. Writes are idempotent: replaying a batch rewrites the
+same rows.
+
+Statements come from one :class:`Dialect` per database kind, looked up by SQLAlchemy's
+dialect name in :data:`DIALECTS` (the shape of debezium-connector-jdbc's
+``DatabaseDialect``): PostgreSQL ``INSERT … ON CONFLICT DO UPDATE``, MariaDB/MySQL
+``INSERT … ON DUPLICATE KEY UPDATE``, and ``DELETE … WHERE key IN (…)`` for both.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from app.pipeline import ViewBatch
+from app.project import ViewBatch
 from app.settings import Settings
 from app.views import VIEWS, ColumnType, ViewDef, consumers
 
@@ -25,6 +33,91 @@ log = logging.getLogger("viewsync.sink")
 
 #: Rows per statement; keeps statements well under packet/parameter limits.
 CHUNK = 1000
+
+
+class SinkUnavailable(Exception):
+    """A consumer database cannot be reached now; the same write may succeed later."""
+
+
+class ViewSink(Protocol):
+    """What the pipeline writes view rows through."""
+
+    def create_tables(self) -> None:
+        """Create the view tables that are missing."""
+        ...
+
+    def write(self, batches: Mapping[str, ViewBatch]) -> int:
+        """Write every view's batch (one transaction per database); return rows touched."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- dialects ---------------------------------------------------------------------------------
+
+
+class Dialect(Protocol):
+    """The statements of one kind of consumer database."""
+
+    def upsert(self, table: sa.Table, key: str) -> sa.Executable:
+        """Insert-or-update of ``table`` by ``key``, executed with a list of rows."""
+        ...
+
+    def delete(self, table: sa.Table, key: str) -> sa.Executable:
+        """Delete of the rows whose ``key`` is in the expanding list parameter ``keys``."""
+        ...
+
+
+def _delete(table: sa.Table, key: str) -> sa.Executable:
+    return sa.delete(table).where(table.c[key].in_(sa.bindparam("keys", expanding=True)))
+
+
+class PostgresDialect:
+    def upsert(self, table: sa.Table, key: str) -> sa.Executable:
+        stmt = postgresql.insert(table)
+        others = [c.name for c in table.columns if c.name != key]
+        return stmt.on_conflict_do_update(
+            index_elements=[key], set_={c: stmt.excluded[c] for c in others})
+
+    def delete(self, table: sa.Table, key: str) -> sa.Executable:
+        return _delete(table, key)
+
+
+class MariaDbDialect:
+    def upsert(self, table: sa.Table, key: str) -> sa.Executable:
+        stmt = mysql.insert(table)
+        others = [c.name for c in table.columns if c.name != key]
+        return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in others})
+
+    def delete(self, table: sa.Table, key: str) -> sa.Executable:
+        return _delete(table, key)
+
+
+#: SQLAlchemy dialect name -> the statements for it.
+DIALECTS: dict[str, Dialect] = {
+    "postgresql": PostgresDialect(),
+    "mysql": MariaDbDialect(),
+    "mariadb": MariaDbDialect(),
+}
+
+
+def dialect_for(name: str) -> Dialect:
+    try:
+        return DIALECTS[name]
+    except KeyError:
+        raise ValueError(f"unsupported consumer database dialect {name!r} "
+                         f"(supported: {', '.join(sorted(DIALECTS))})") from None
+
+
+def upsert_statement(table: sa.Table, key: str, dialect: str) -> sa.Executable:
+    return dialect_for(dialect).upsert(table, key)
+
+
+def delete_statement(table: sa.Table, key: str) -> sa.Executable:
+    return _delete(table, key)
+
+
+# --- tables -----------------------------------------------------------------------------------
 
 
 def sa_type(t: ColumnType) -> sa.types.TypeEngine[Any]:
@@ -58,28 +151,10 @@ def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[i : i + n]
 
 
-def upsert_statement(table: sa.Table, key: str, dialect: str) -> sa.Executable:
-    """The dialect's upsert into ``table``, executed with a list of rows (executemany).
-
-    Built once per table and reused: SQLAlchemy caches its compiled form and batches the
-    rows into multi-row ``VALUES`` itself ("insertmanyvalues" on PostgreSQL, PyMySQL's
-    multi-row executemany on MariaDB).
-    """
-    others = [c.name for c in table.columns if c.name != key]
-    if dialect == "postgresql":
-        pg = postgresql.insert(table)
-        return pg.on_conflict_do_update(
-            index_elements=[key], set_={c: pg.excluded[c] for c in others}
-        )
-    if dialect in ("mysql", "mariadb"):
-        my = mysql.insert(table)
-        return my.on_duplicate_key_update({c: my.inserted[c] for c in others})
-    raise ValueError(f"unsupported consumer database dialect {dialect!r}")
-
-
-def delete_statement(table: sa.Table, key: str) -> sa.Executable:
-    """``DELETE … WHERE key IN (:keys)``, with ``keys`` an expanding list parameter."""
-    return sa.delete(table).where(table.c[key].in_(sa.bindparam("keys", expanding=True)))
+def _unavailable(exc: sa_exc.DBAPIError) -> bool:
+    """Whether a database error means "cannot reach the database" (retry later)."""
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or bool(
+        exc.connection_invalidated)
 
 
 class ConsumerSink:
@@ -87,14 +162,13 @@ class ConsumerSink:
 
     def __init__(self, consumer: str, url: str, views: Sequence[ViewDef]) -> None:
         self.consumer = consumer
-        self.engine: Engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
         self.metadata = sa.MetaData()
         self.views = [v for v in views if v.consumer == consumer]
         self.tables = {v.name: view_table(v, self.metadata) for v in self.views}
-        self._upserts = {v.name: upsert_statement(self.tables[v.name], v.key, self.dialect)
-                         for v in self.views}
-        self._deletes = {v.name: delete_statement(self.tables[v.name], v.key)
-                         for v in self.views}
+        dialect = dialect_for(self.engine.dialect.name)
+        self._upserts = {v.name: dialect.upsert(self.tables[v.name], v.key) for v in self.views}
+        self._deletes = {v.name: dialect.delete(self.tables[v.name], v.key) for v in self.views}
 
     @property
     def dialect(self) -> str:
@@ -105,7 +179,7 @@ class ConsumerSink:
 
     def write(self, batches: Mapping[str, ViewBatch]) -> int:
         """Write every view's batch in one transaction; return rows touched."""
-        todo = [(v, batches[v.name]) for v in self.views if len(batches.get(v.name, ViewBatch()))]
+        todo = [(v, b) for v in self.views if (b := batches.get(v.name)) is not None and len(b)]
         if not todo:
             return 0
         n = 0
@@ -129,29 +203,49 @@ class ConsumerSink:
         self.engine.dispose()
 
 
-class Sink:
-    """Every consumer database of the configured views."""
+class DatabaseSink:
+    """:class:`ViewSink` over every consumer database of the configured views.
 
-    def __init__(self, settings: Settings, views: Sequence[ViewDef] = VIEWS) -> None:
-        self.consumers = [
-            ConsumerSink(c, settings.consumer_url(c), views) for c in consumers(tuple(views))
-        ]
+    ``urls`` maps a consumer name to its SQLAlchemy URL.
+    """
+
+    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS) -> None:
+        self.consumers = [ConsumerSink(c, urls[c], views) for c in consumers(tuple(views))]
 
     def create_tables(self) -> None:
-        for c in self.consumers:
-            c.create_tables()
+        with _translated("create view tables"):
+            for c in self.consumers:
+                c.create_tables()
 
     def write(self, batches: Mapping[str, ViewBatch]) -> int:
-        return sum(c.write(batches) for c in self.consumers)
+        with _translated("write"):
+            return sum(c.write(batches) for c in self.consumers)
 
-    def dispose(self) -> None:
+    def close(self) -> None:
         for c in self.consumers:
             c.dispose()
 
 
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn "database unreachable" errors into :class:`SinkUnavailable`."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        if _unavailable(exc):
+            orig = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise SinkUnavailable(f"{what}: {orig}") from exc
+        raise
+
+
+def sink_urls(settings: Settings, views: Sequence[ViewDef] = VIEWS) -> dict[str, str]:
+    """Consumer name -> database URL, from the settings."""
+    return {c: settings.consumer_url(c) for c in consumers(tuple(views))}
+
+
 def create_view_tables(settings: Settings, views: Sequence[ViewDef] = VIEWS) -> None:
-    sink = Sink(settings, views)
+    sink = DatabaseSink(sink_urls(settings, views), views)
     try:
         sink.create_tables()
     finally:
-        sink.dispose()
+        sink.close()

@@ -92,6 +92,27 @@ class ViewDef:
                 tables.add(t)
         return frozenset(tables)
 
+    def relevant(self, table: SourceTable) -> frozenset[str]:
+        """Columns of ``table`` whose change can alter a row of this view: those it reads,
+        the join columns, and what the category path is made of (when it has one)."""
+        return self._relevant.get(table, frozenset())
+
+    @cached_property
+    def _relevant(self) -> dict[SourceTable, frozenset[str]]:
+        cols: dict[SourceTable, set[str]] = {
+            "products": {"category_id", "warranty_type_id"},
+            "categories": {"parent_id"},
+            "warranty_types": set(),
+            "batches": {"product_id"} if self.grain is Grain.BATCH else set(),
+        }
+        for col in self.columns:
+            table = col.source_table
+            if table is None:
+                cols["categories"].add("name")
+            else:
+                cols[table].add(col.source_column)
+        return {t: frozenset(c) for t, c in cols.items() if t in self.depends_on}
+
     def validate(self) -> None:
         """Reject a definition the projection could not serve; raise ``ValueError``."""
         names = [c.name for c in self.columns]

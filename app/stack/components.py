@@ -26,8 +26,13 @@ SQL_DIR = Path(__file__).parent / "sql"
 
 APT_PACKAGES = ("mariadb-server", "mariadb-client", "postgresql", "postgresql-client")
 
-#: Small JVMs for a 2-core machine.
-JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+#: JVM flag sets for the stack's Java components (setting ``jvm_profile``): "small" (C1 only,
+#: SerialGC: quick to start, light on a 2-core machine; for tests) or "production" (the JVM's
+#: own defaults: tiered C2 and G1; for benchmarks).
+JVM_PROFILES: dict[str, tuple[str, ...]] = {
+    "small": ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"),
+    "production": ("-XX:+UseG1GC", "-Djava.awt.headless=true"),
+}
 
 LOG4J2 = """\
 status = warn
@@ -219,7 +224,8 @@ class StackDefinition:
 
     # ---------------------------------------------------------------- Kafka
     def _java(self, classpath: str, main: str, *args: str) -> list[str]:
-        return ["java", f"-Xmx{self.s.java_heap}", f"-Xms{self.s.java_heap}", *JVM_FLAGS,
+        return ["java", f"-Xmx{self.s.java_heap}", f"-Xms{self.s.java_heap}",
+                *JVM_PROFILES[self.s.jvm_profile],
                 f"-Dlog4j2.configurationFile={self.p.conf / 'log4j2.properties'}",
                 "-cp", classpath, main, *args]
 
@@ -274,7 +280,7 @@ class StackDefinition:
 
         def command() -> list[str]:
             jar = next(home.glob("apicurio-registry-app-*-runner.jar"))
-            return ["java", f"-Xmx{self.s.java_heap}", *JVM_FLAGS,
+            return ["java", f"-Xmx{self.s.java_heap}", *JVM_PROFILES[self.s.jvm_profile],
                     f"-Dquarkus.http.host={self.s.host}",
                     f"-Dquarkus.http.port={self.s.registry_port}",
                     "-Dquarkus.log.level=WARN", "-Dquarkus.log.category.\"io.apicurio\".level=INFO",

@@ -6,8 +6,8 @@ import datetime as dt
 from decimal import Decimal
 
 from app.decode import Decoder
-from app.join import SourceState
 from app.pipeline import Pipeline, RawRecord
+from app.state import MemoryStore
 from tests.unit.debezium import TOPICS, DictSchemas, key, value
 
 CAT = {"id": 1, "parent_id": None, "code": "t", "name": "Tools"}
@@ -23,7 +23,7 @@ def rec(topic_table: str, k: bytes | None, v: bytes | None, offset: int = 0) -> 
 
 def pipeline() -> tuple[Pipeline, DictSchemas]:
     s = DictSchemas()
-    return Pipeline(Decoder(s, TOPICS), SourceState()), s
+    return Pipeline(Decoder(s, TOPICS), MemoryStore()), s
 
 
 def test_batch_before_product_then_everything_visible() -> None:

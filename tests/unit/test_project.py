@@ -17,7 +17,6 @@ from app.project import (
     category_path,
     is_visible_product,
     project,
-    project_affected,
     project_many,
 )
 from app.views import (
@@ -256,9 +255,9 @@ def test_product_grain_view_reading_batches_is_rejected() -> None:
 
 def test_project_many_upserts_and_deletes() -> None:
     s = catalog()
-    upserts, deletes = project_many(s, ORDER_PRODUCT_VIEW, [10, 11, 12])
-    assert set(upserts) == {10, 11} and deletes == {12}
-    assert upserts[10] == project(s, ORDER_PRODUCT_VIEW, 10)
+    out = project_many(s, ORDER_PRODUCT_VIEW, [10, 11, 12])
+    assert set(out.upserts) == {10, 11} and out.deletes == {12}
+    assert out.upserts[10] == project(s, ORDER_PRODUCT_VIEW, 10)
 
 
 class CountingStore(dict[int, dict[str, Any]]):
@@ -282,19 +281,17 @@ def test_project_many_computes_each_path_once() -> None:
     cats = CountingStore({1: cat(1, None, "A"), 2: cat(2, 1, "B"), 3: cat(3, 2, "C")})
     products = {i: prod(i, 3) for i in range(5000)}
     s = SourceState(categories=cats, products=products)
-    upserts, deletes = project_many(s, ORDER_PRODUCT_VIEW, range(5000))
-    assert len(upserts) == 5000 and not deletes
+    out = project_many(s, ORDER_PRODUCT_VIEW, range(5000))
+    assert len(out.upserts) == 5000 and not out.deletes
     # one walk of 3 categories for the single path, then one read of the joined row per product
     assert cats.reads == 3 + 5000
 
 
-def test_project_affected_skips_views_not_reading_the_table() -> None:
-    s = catalog()
-    deltas = project_affected(
-        s, Affected("warranty_types", frozenset({10}), frozenset({100})), VIEWS
-    )
-    assert set(deltas) == {"order.product_view", "purchase.batch_view"}
-    deltas = project_affected(s, Affected("batches", frozenset(), frozenset({100, 999})))
-    assert set(deltas) == {"purchase.batch_view"}
-    upserts, deletes = deltas["purchase.batch_view"]
-    assert set(upserts) == {100} and deletes == {999}
+def test_affected_skips_views_not_reading_the_table() -> None:
+    affected = Affected("warranty_types", frozenset({10}), frozenset({100}))
+    assert {v.name for v in VIEWS if affected.keys_for(v)} == {
+        "order.product_view", "purchase.batch_view"}
+    affected = Affected("batches", frozenset(), frozenset({100, 999}))
+    assert {v.name for v in VIEWS if affected.keys_for(v)} == {"purchase.batch_view"}
+    out = project_many(catalog(), PURCHASE_BATCH_VIEW, affected.keys_for(PURCHASE_BATCH_VIEW))
+    assert set(out.upserts) == {100} and out.deletes == {999}
