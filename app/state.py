@@ -381,8 +381,8 @@ class RocksStore:
             k = it.key()
             if not k.startswith(_POS):
                 break
-            topic, _, part = k[1:].rpartition(b"\x00")
-            out[(topic.decode(), struct.unpack(">i", part)[0])] = _KEY.unpack(it.value())[0]
+            topic, partition = k[1:-5].decode(), struct.unpack(">i", k[-4:])[0]
+            out[(topic, partition)] = _KEY.unpack(it.value())[0]
             it.next()
         return out
 
