@@ -169,6 +169,12 @@ class Totals:
     changes: int = 0
     rows: int = 0
     dead: int = 0
+    #: Seconds spent gathering a batch (the worker's share), decoding/applying/projecting,
+    #: waiting for the previous write, writing (in the writer thread, overlapping the rest).
+    gather_s: float = 0.0
+    process_s: float = 0.0
+    wait_s: float = 0.0
+    write_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
     #: (topic, partition) -> next offset whose batch has been written.
     written: Positions = field(default_factory=dict)
@@ -192,6 +198,7 @@ class BatchLoop:
     async def handle(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
         """Run one batch; ``done`` is called once its rows are committed in every consumer
         database and its dead letters are sent. Returns while that write may still run."""
+        t0 = time.monotonic()
         dead: list[DeadLetter] = []
         for rec in records:
             try:
@@ -205,7 +212,10 @@ class BatchLoop:
         views, changes = self.pipeline.take_batch()
         self.pipeline.commit()
         result = BatchResult(views=views, dead_letters=dead, changes=changes)
+        t1 = time.monotonic()
         await self.drain()
+        self.totals.process_s += t1 - t0
+        self.totals.wait_s += time.monotonic() - t1
         self._inflight = asyncio.create_task(self._write(result, len(records), positions, done))
 
     async def drain(self) -> None:
@@ -216,9 +226,11 @@ class BatchLoop:
 
     async def _write(self, result: BatchResult, n: int, positions: Positions,
                      done: Callable[[], None]) -> None:
+        t0 = time.monotonic()
         if result.rows:
             await retry(lambda: asyncio.to_thread(self.sink.write, result.views),
                         SinkUnavailable, "sink write")
+        self.totals.write_s += time.monotonic() - t0
         for dl in result.dead_letters:
             await self.send_dead_letter(dl)
         done()

@@ -16,7 +16,10 @@ dialect name in :data:`DIALECTS` (the shape of debezium-connector-jdbc's
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import signal
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -60,7 +63,13 @@ class Dialect(Protocol):
     """The statements of one kind of consumer database."""
 
     def upsert(self, table: sa.Table, key: str) -> sa.Executable:
-        """Insert-or-update of ``table`` by ``key``, executed with a list of rows."""
+        """Insert-or-update of ``table`` by ``key``, run with :meth:`upsert_params`."""
+        ...
+
+    def upsert_params(
+        self, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]] | dict[str, Any]:
+        """The parameters of one upsert of ``rows``: a list (executemany) or one set."""
         ...
 
     def delete(self, table: sa.Table, key: str) -> sa.Executable:
@@ -73,21 +82,43 @@ def _delete(table: sa.Table, key: str) -> sa.Executable:
 
 
 class PostgresDialect:
+    """One ``INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO UPDATE`` per
+    chunk: a single statement with one parameter per column, whatever the number of rows
+    (no per-row statement, no per-chunk SQL to compile)."""
+
     def upsert(self, table: sa.Table, key: str) -> sa.Executable:
-        stmt = postgresql.insert(table)
-        others = [c.name for c in table.columns if c.name != key]
-        return stmt.on_conflict_do_update(
-            index_elements=[key], set_={c: stmt.excluded[c] for c in others})
+        pg: sa.engine.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+        arrays = ", ".join(
+            f"CAST(:{c.name} AS {c.type.compile(dialect=pg)}[])" for c in table.columns)
+        quoted = ", ".join(f'"{c.name}"' for c in table.columns)
+        updates = ", ".join(f'"{c.name}" = EXCLUDED."{c.name}"' for c in table.columns
+                            if c.name != key)
+        return sa.text(
+            f'INSERT INTO "{table.name}" ({quoted}) SELECT * FROM unnest({arrays}) '
+            f'ON CONFLICT ("{key}") DO UPDATE SET {updates}')
+
+    def upsert_params(
+        self, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]] | dict[str, Any]:
+        return {c.name: [r[c.name] for r in rows] for c in table.columns}
 
     def delete(self, table: sa.Table, key: str) -> sa.Executable:
         return _delete(table, key)
 
 
 class MariaDbDialect:
+    """``INSERT … VALUES … ON DUPLICATE KEY UPDATE``, executed with the rows (the driver
+    sends multi-row ``VALUES``)."""
+
     def upsert(self, table: sa.Table, key: str) -> sa.Executable:
         stmt = mysql.insert(table)
         others = [c.name for c in table.columns if c.name != key]
         return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in others})
+
+    def upsert_params(
+        self, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]] | dict[str, Any]:
+        return list(rows)
 
     def delete(self, table: sa.Table, key: str) -> sa.Executable:
         return _delete(table, key)
@@ -166,9 +197,11 @@ class ConsumerSink:
         self.metadata = sa.MetaData()
         self.views = [v for v in views if v.consumer == consumer]
         self.tables = {v.name: view_table(v, self.metadata) for v in self.views}
-        dialect = dialect_for(self.engine.dialect.name)
-        self._upserts = {v.name: dialect.upsert(self.tables[v.name], v.key) for v in self.views}
-        self._deletes = {v.name: dialect.delete(self.tables[v.name], v.key) for v in self.views}
+        self._dialect = dialect_for(self.engine.dialect.name)
+        self._upserts = {v.name: self._dialect.upsert(self.tables[v.name], v.key)
+                         for v in self.views}
+        self._deletes = {v.name: self._dialect.delete(self.tables[v.name], v.key)
+                         for v in self.views}
 
     @property
     def dialect(self) -> str:
@@ -195,8 +228,10 @@ class ConsumerSink:
         if batch.upserts:
             # Sorted by key: concurrent writers (scale-out) lock rows in the same order.
             rows = [batch.upserts[k] for k in sorted(batch.upserts)]
+            table = self.tables[view.name]
             for chunk in _chunks(rows):
-                conn.execute(self._upserts[view.name], list(chunk))
+                conn.execute(self._upserts[view.name],
+                             self._dialect.upsert_params(table, chunk))
         return len(batch)
 
     def dispose(self) -> None:
@@ -249,3 +284,66 @@ def create_view_tables(settings: Settings, views: Sequence[ViewDef] = VIEWS) -> 
         sink.create_tables()
     finally:
         sink.close()
+
+
+# --- the sink in a child process ----------------------------------------------------------------
+
+_CHILD_SINK: DatabaseSink | None = None
+
+
+def _child_start(urls: dict[str, str], views: tuple[ViewDef, ...]) -> None:
+    global _CHILD_SINK
+    # The parent decides when the child stops (it shuts the pool down, or dies and the
+    # child's end of the pipe closes): Ctrl-C or a TERM to the process group must not kill
+    # the child in the middle of a write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _CHILD_SINK = DatabaseSink(urls, views)
+
+
+def _child_sink() -> DatabaseSink:
+    if _CHILD_SINK is None:
+        raise RuntimeError("the sink process was not started")
+    return _CHILD_SINK
+
+
+def _child_create_tables() -> None:
+    _child_sink().create_tables()
+
+
+def _child_write(batches: dict[str, ViewBatch]) -> int:
+    return _child_sink().write(batches)
+
+
+def _child_close() -> None:
+    _child_sink().close()
+
+
+class ProcessSink:
+    """:class:`ViewSink` that runs a :class:`DatabaseSink` in a child process.
+
+    The statements' Python side (SQLAlchemy, the drivers' parameter handling) then runs on
+    another core than the worker's event loop, which decodes, joins and projects the next
+    batch meanwhile. Batches cross the process boundary pickled; errors come back as they
+    were raised (:class:`SinkUnavailable` included). If the child dies, every later write
+    fails and the worker stops (nothing unwritten is acknowledged).
+    """
+
+    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=ctx, initializer=_child_start,
+            initargs=(dict(urls), tuple(views)))
+
+    def create_tables(self) -> None:
+        self._pool.submit(_child_create_tables).result()
+
+    def write(self, batches: Mapping[str, ViewBatch]) -> int:
+        return int(self._pool.submit(_child_write, dict(batches)).result())
+
+    def close(self) -> None:
+        try:
+            self._pool.submit(_child_close).result(timeout=30)
+        except Exception as exc:  # the child is gone already: nothing left to close
+            log.debug("sink process close: %s", exc)
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -31,7 +31,7 @@ from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
 from app.restore import restore
 from app.retry import retry
 from app.settings import Settings
-from app.sink import DatabaseSink, SinkUnavailable, sink_urls
+from app.sink import DatabaseSink, ProcessSink, SinkUnavailable, ViewSink, sink_urls
 from app.state import MemoryStore, RocksStore, StateStore
 
 log = logging.getLogger("viewsync.worker")
@@ -49,6 +49,11 @@ def build_app(settings: Settings) -> faust.App:
         web_enabled=False,
         stream_wait_empty=True,
         producer_acks=-1,
+        # Deep buffers: a burst is fetched in large chunks and never stalls on a full
+        # stream buffer while a batch is being written.
+        stream_buffer_maxsize=max(4 * settings.sink_batch_size, 16_384),
+        broker_max_poll_records=max(2 * settings.sink_batch_size, 5_000),
+        consumer_max_fetch_size=8 * 1024**2,
         logging_config=None,
         # An agent that raises stops the worker (exit non-zero) instead of being restarted
         # past the records it failed on: its batch was not acknowledged, so the next start
@@ -79,7 +84,8 @@ class Worker:
         self.store = open_store(settings)
         decoder = Decoder(RegistrySchemas(settings.registry_url()), self.topic_tables)
         self.pipeline = Pipeline(decoder, self.store)
-        self.sink = DatabaseSink(sink_urls(settings))
+        self.sink: ViewSink = (ProcessSink if settings.sink_process else DatabaseSink)(
+            sink_urls(settings))
         self.loop = BatchLoop(self.pipeline, self.sink, self._send_dead_letter)
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)
         self.app.timer(settings.progress_interval_s)(self._report)
@@ -89,9 +95,13 @@ class Worker:
         within = self.settings.sink_max_wait_ms / 1000.0
         batches = stream.take_events(  # type: ignore[attr-defined]
             self.settings.sink_batch_size, within=within)
+        t = self.loop.totals
         try:
+            t0 = time.monotonic()
             async for events in batches:
+                t.gather_s += time.monotonic() - t0
                 await self.handle(events)
+                t0 = time.monotonic()
         finally:
             await self.loop.drain()
 
@@ -146,7 +156,10 @@ class Worker:
             eta = f", ~{lag / per_record:.0f}s to catch up" if per_record else ""
             state = f"catching up: lag {lag} records{eta}"
         log.info("%s | %d records, %d changes, %d view rows written (%.0f rows/s now), "
-                 "%d dead letters", state, t.records, t.changes, t.rows, rate, t.dead)
+                 "%d dead letters | %d batches; seconds gathering %.1f, processing %.1f, "
+                 "waiting for writes %.1f, writing %.1f",
+                 state, t.records, t.changes, t.rows, rate, t.dead, t.batches, t.gather_s,
+                 t.process_s, t.wait_s, t.write_s)
 
 
 def _acked(events: Sequence[faust.EventT[bytes]]) -> None:

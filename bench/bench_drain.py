@@ -66,6 +66,23 @@ def bulk(source: sa.Engine, sql: str, lo: int, hi: int, **params: object) -> int
     return n
 
 
+class Watermarks:
+    """End offsets of the source topics: when the burst is in Kafka (the connector's share)."""
+
+    def __init__(self, env: BenchEnv) -> None:
+        from confluent_kafka import Consumer
+
+        self.topics = [env.settings.topic(t) for t in ("products", "categories")]
+        self.consumer = Consumer({"bootstrap.servers": env.base.bootstrap(),
+                                  "group.id": f"{env.tag}-watermarks"})
+
+    def total(self) -> int:
+        from confluent_kafka import TopicPartition
+
+        return sum(self.consumer.get_watermark_offsets(TopicPartition(t, 0), timeout=10)[1]
+                   for t in self.topics)
+
+
 def exact(env: BenchEnv, w: Worker) -> int:
     return len(diff_views(expected_views(env.source), actual_views(w.dbs)))
 
@@ -189,7 +206,9 @@ def main() -> int:
     env = BenchEnv(keep=args.keep)
     variants: list[Worker] = []
     lines: list[str] = []
-    drain: dict[tuple[str, str], list[tuple[int, float, int]]] = {}
+    #: (burst, variant) -> per round: changes, seconds to visible, differences, seconds
+    #: until the whole burst was in Kafka
+    drain: dict[tuple[str, str], list[tuple[int, float, int, float]]] = {}
     steady_rows: list[str] = []
     try:
         t0 = time.monotonic()
@@ -209,6 +228,7 @@ def main() -> int:
                             args.timeout, f"{w.name}: the initial load", poll=1.0)
             log(f"{w.name}: initial load converged after {secs:.0f}s")
         burst = Burst(env, n_products, n_batches)
+        marks = Watermarks(env)
         kinds = [k for k in args.bursts.split(",") if k]
         for rnd in range(args.rounds):
             for kind in kinds:
@@ -216,18 +236,24 @@ def main() -> int:
                     for other in variants:
                         if other is not w:
                             other.pause()
+                    hw = marks.total()
                     t0 = time.monotonic()
                     changes, visible = getattr(burst, kind)(rnd * 10 + variants.index(w))
                     t_commit = time.monotonic() - t0
+                    wait_for(lambda hw=hw, n=changes: marks.total() >= hw + n,
+                             args.timeout, "the burst in Kafka", poll=0.01)
+                    t_kafka = time.monotonic()
                     wait_for(lambda w=w, visible=visible: visible(w), args.timeout,
                              f"{w.name}: {kind} burst", poll=0.02)
                     secs = time.monotonic() - t0
                     diffs = exact(env, w)
                     rows = {"price": changes, "rename": changes * 2 + n_batches,
                             "move": 0}[kind]
-                    drain.setdefault((kind, w.name), []).append((changes, secs, diffs))
+                    drain.setdefault((kind, w.name), []).append(
+                        (changes, secs, diffs, t_kafka - t0))
                     log(f"round {rnd} {kind} {w.name}: {changes} changes (commits took "
-                        f"{t_commit:.1f}s), visible after {secs:.2f}s = "
+                        f"{t_commit:.1f}s, all in Kafka after {t_kafka - t0:.2f}s), "
+                        f"visible after {secs:.2f}s = "
                         f"{changes / secs:,.0f} changes/s, {rows / secs:,.0f} view rows/s, "
                         f"{diffs} differences")
                     for other in variants:
@@ -270,15 +296,16 @@ def main() -> int:
         "measurement is followed by a row-by-row comparison with the reference join.", "",
         *lines, "",
         "## Bursts (median of rounds)", "",
-        "| burst | variant | changes | seconds (median) | changes/s (median) | rounds | "
-        "differences |",
-        "|---|---|---|---|---|---|---|",
+        "| burst | variant | changes | all in Kafka after s (median) | visible after s "
+        "(median) | changes/s (median) | rounds | differences |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (kind, name), runs in drain.items():
-        secs = statistics.median(s for _c, s, _d in runs)
-        rate = statistics.median(c / s for c, s, _d in runs)
-        out.append(f"| {kind} | {name} | {runs[0][0]:,} | {secs:.2f} | "
-                   f"{rate:,.0f} | {len(runs)} | {sum(d for *_x, d in runs)} |")
+        secs = statistics.median(r[1] for r in runs)
+        rate = statistics.median(r[0] / r[1] for r in runs)
+        kafka = statistics.median(r[3] for r in runs)
+        out.append(f"| {kind} | {name} | {runs[0][0]:,} | {kafka:.2f} | {secs:.2f} | "
+                   f"{rate:,.0f} | {len(runs)} | {sum(r[2] for r in runs)} |")
     names = [w.name for w in variants]
     if len(names) > 1:
         out += ["", "Ratios (this / other, changes/s medians):", ""]
@@ -287,8 +314,8 @@ def main() -> int:
             for name in names[:-1]:
                 theirs = drain.get((kind, name))
                 if mine and theirs:
-                    r_m = statistics.median(c / s for c, s, _d in mine)
-                    r_t = statistics.median(c / s for c, s, _d in theirs)
+                    r_m = statistics.median(r[0] / r[1] for r in mine)
+                    r_t = statistics.median(r[0] / r[1] for r in theirs)
                     out.append(f"- {kind}: {args.name} / {name} = {r_m / r_t:.2f}×")
     if steady_rows:
         out += ["", "## Steady offered load: commit-to-visible (Order DB)", "",
@@ -298,7 +325,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    bad = any(d for runs in drain.values() for *_x, d in runs)
+    bad = any(r[2] for runs in drain.values() for r in runs)
     return 1 if bad or lines else 0
 
 

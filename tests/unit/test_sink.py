@@ -3,10 +3,11 @@ exercised by tests/integration)."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-from app.sink import delete_statement, upsert_statement, view_table
+from app.sink import delete_statement, dialect_for, upsert_statement, view_table
 from app.views import ORDER_PRODUCT_VIEW, PURCHASE_BATCH_VIEW, VIEWS
 
 
@@ -23,14 +24,22 @@ def test_view_tables_follow_the_definitions() -> None:
             assert t.c[col.name].nullable == (col.nullable and col.name != view.key)
 
 
-def test_postgres_upsert_is_on_conflict_update_of_every_non_key_column() -> None:
+def test_postgres_upsert_is_one_unnest_statement_with_on_conflict_update() -> None:
     t = view_table(ORDER_PRODUCT_VIEW, sa.MetaData())
     sql = _sql(upsert_statement(t, "product_id", "postgresql"), postgresql.dialect())
-    assert "ON CONFLICT (product_id) DO UPDATE SET" in sql
+    assert 'ON CONFLICT ("product_id") DO UPDATE SET' in sql
+    assert "CAST(%(price)s AS NUMERIC(12, 2)[])" in sql and "SELECT * FROM unnest(" in sql
     for col in ORDER_PRODUCT_VIEW.columns:
         if col.name != "product_id":
-            assert f"{col.name} = excluded.{col.name}" in sql
-    assert sql.count("VALUES") == 1
+            assert f'"{col.name}" = EXCLUDED."{col.name}"' in sql
+    rows = [{c.name: i for c in ORDER_PRODUCT_VIEW.columns} for i in range(3)]
+    params = dialect_for("postgresql").upsert_params(t, rows)
+    assert params == {c.name: [0, 1, 2] for c in ORDER_PRODUCT_VIEW.columns}
+
+
+def test_unknown_dialect_is_named() -> None:
+    with pytest.raises(ValueError, match=r"'oracle'.*mariadb, mysql, postgresql"):
+        dialect_for("oracle")
 
 
 def test_mariadb_upsert_is_on_duplicate_key_update() -> None:
