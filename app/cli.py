@@ -18,7 +18,7 @@ EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"viewsync: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     func: Callable[[argparse.Namespace, Settings], int] = args.func
     try:
         return func(args, settings)

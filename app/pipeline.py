@@ -233,7 +233,6 @@ class BatchLoop:
         self.totals.write_s += time.monotonic() - t0
         for dl in result.dead_letters:
             await self.send_dead_letter(dl)
-        done()
         t = self.totals
         t.batches += 1
         t.records += n
@@ -241,6 +240,7 @@ class BatchLoop:
         t.rows += result.rows
         t.dead += len(result.dead_letters)
         t.written.update(positions)
+        done()
 
 
 def _later(fn: Callable[[RawRecord], DeadLetter | None], rec: RawRecord

@@ -74,9 +74,9 @@ class Settings(BaseSettings):
     worker_id: str = Field("viewsync-worker", pattern=r"^[A-Za-z0-9_.-]+$")
     sink_batch_size: int = Field(2000, ge=1, le=100_000)
     sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
-    #: Write the consumer databases from a child process, so that the statements' Python
-    #: side runs on another core than the event loop (off: in a thread of the worker).
-    sink_process: bool = True
+    #: Run decode → state → project → sink in a child process of the worker, so that Faust's
+    #: own per-record work and the pipeline's run on two cores (off: in the worker process).
+    pipeline_process: bool = True
     worker_data_dir: Path | None = None
     #: Where the worker keeps its join state: "rocksdb" in worker_data_dir, with the source
     #: positions it reached, so a restart reads only what is new; "memory" rebuilds it from

@@ -16,10 +16,7 @@ dialect name in :data:`DIALECTS` (the shape of debezium-connector-jdbc's
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import signal
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -284,66 +281,3 @@ def create_view_tables(settings: Settings, views: Sequence[ViewDef] = VIEWS) -> 
         sink.create_tables()
     finally:
         sink.close()
-
-
-# --- the sink in a child process ----------------------------------------------------------------
-
-_CHILD_SINK: DatabaseSink | None = None
-
-
-def _child_start(urls: dict[str, str], views: tuple[ViewDef, ...]) -> None:
-    global _CHILD_SINK
-    # The parent decides when the child stops (it shuts the pool down, or dies and the
-    # child's end of the pipe closes): Ctrl-C or a TERM to the process group must not kill
-    # the child in the middle of a write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _CHILD_SINK = DatabaseSink(urls, views)
-
-
-def _child_sink() -> DatabaseSink:
-    if _CHILD_SINK is None:
-        raise RuntimeError("the sink process was not started")
-    return _CHILD_SINK
-
-
-def _child_create_tables() -> None:
-    _child_sink().create_tables()
-
-
-def _child_write(batches: dict[str, ViewBatch]) -> int:
-    return _child_sink().write(batches)
-
-
-def _child_close() -> None:
-    _child_sink().close()
-
-
-class ProcessSink:
-    """:class:`ViewSink` that runs a :class:`DatabaseSink` in a child process.
-
-    The statements' Python side (SQLAlchemy, the drivers' parameter handling) then runs on
-    another core than the worker's event loop, which decodes, joins and projects the next
-    batch meanwhile. Batches cross the process boundary pickled; errors come back as they
-    were raised (:class:`SinkUnavailable` included). If the child dies, every later write
-    fails and the worker stops (nothing unwritten is acknowledged).
-    """
-
-    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=ctx, initializer=_child_start,
-            initargs=(dict(urls), tuple(views)))
-
-    def create_tables(self) -> None:
-        self._pool.submit(_child_create_tables).result()
-
-    def write(self, batches: Mapping[str, ViewBatch]) -> int:
-        return int(self._pool.submit(_child_write, dict(batches)).result())
-
-    def close(self) -> None:
-        try:
-            self._pool.submit(_child_close).result(timeout=30)
-        except Exception as exc:  # the child is gone already: nothing left to close
-            log.debug("sink process close: %s", exc)
-        self._pool.shutdown(wait=True, cancel_futures=True)

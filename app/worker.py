@@ -1,18 +1,20 @@
 """`viewsync worker`: the Faust edge of the pipeline.
 
-Everything a record goes through is :class:`app.pipeline.BatchLoop`; this module only adapts
-Faust to it. One agent (concurrency 1) reads the four source topics in batches
-(``take_events(sink_batch_size, within=sink_max_wait_ms)``) and hands each batch to the
-loop. Faust acknowledges (and later commits) a batch's offsets only when the loop says the
-batch's rows are committed in every consumer database: each event's message gets one more
-reference (``Message.incref``) before the batch is handed over, and the loop's ``done``
-releases it (``Event.ack``). The next batch is decoded and projected meanwhile.
+Everything a record goes through is :class:`app.pipeline.BatchLoop`, run by a
+:mod:`app.pipeline_process` host (by default in a child process, so that Faust and the
+pipeline use two cores); this module only adapts Faust to it. One agent (concurrency 1)
+reads the four source topics in batches (``take_events(sink_batch_size,
+within=sink_max_wait_ms)``) and hands each batch over. Faust acknowledges (and later
+commits) a batch's offsets only when the host says the batch's rows are committed in every
+consumer database: each event's message gets one more reference (``Message.incref``) before
+the batch is handed over, and the host's ``done`` releases it (``Event.ack``). The next
+batches are gathered meanwhile.
 
-The join state is not a Faust table: it lives in the worker's own state store
+The join state is not a Faust table: it lives in the pipeline's own state store
 (``app.state``; RocksDB by default), materialized straight from the compacted source
-topics, so nothing is written back to Kafka per record. Before Faust starts,
-``app.restore`` brings the store up to the consumer group's committed offsets when it is
-behind (a new or lost data directory).
+topics, so nothing is written back to Kafka per record. Before Faust starts, the host
+creates the view tables and brings the store up to the consumer group's committed offsets
+(``app.restore``) when it is behind.
 """
 
 from __future__ import annotations
@@ -25,14 +27,10 @@ from collections.abc import Sequence
 import faust
 from mode.supervisors import CrashingSupervisor
 
-from app.changes import SOURCE_TABLES, SourceTable
-from app.decode import Decoder, RegistrySchemas
-from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
-from app.restore import restore
-from app.retry import retry
+from app.changes import SOURCE_TABLES
+from app.pipeline import RawRecord
+from app.pipeline_process import PipelineHost, host_for
 from app.settings import Settings
-from app.sink import DatabaseSink, ProcessSink, SinkUnavailable, ViewSink, sink_urls
-from app.state import MemoryStore, RocksStore, StateStore
 
 log = logging.getLogger("viewsync.worker")
 
@@ -62,48 +60,39 @@ def build_app(settings: Settings) -> faust.App:
     )
 
 
-def open_store(settings: Settings) -> StateStore:
-    if settings.worker_store == "rocksdb":
-        return RocksStore(settings.worker_dir() / "state")
-    return MemoryStore()
-
-
 class Worker:
-    """Holds the Faust app, the pipeline, the sink and the batch loop of one worker process."""
+    """The Faust app and the pipeline host of one worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, host: PipelineHost) -> None:
         self.settings = settings
+        self.host = host
         self.app = build_app(settings)
-        self.topic_tables: dict[str, SourceTable] = {
-            settings.topic(t): t for t in SOURCE_TABLES}
+        host.on_failure = self._crash
+        self.topics = tuple(settings.topic(t) for t in SOURCE_TABLES)
         self.source = self.app.topic(
-            *self.topic_tables, key_serializer="raw", value_serializer="raw", acks=True)
-        self.dead_letters = self.app.topic(
-            settings.dead_letter_topic, key_serializer="raw", value_serializer="raw",
-            partitions=1, internal=True)
-        self.store = open_store(settings)
-        decoder = Decoder(RegistrySchemas(settings.registry_url()), self.topic_tables)
-        self.pipeline = Pipeline(decoder, self.store)
-        self.sink: ViewSink = (ProcessSink if settings.sink_process else DatabaseSink)(
-            sink_urls(settings))
-        self.loop = BatchLoop(self.pipeline, self.sink, self._send_dead_letter)
+            *self.topics, key_serializer="raw", value_serializer="raw", acks=True)
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)
         self.app.timer(settings.progress_interval_s)(self._report)
         self._last = (time.monotonic(), 0)
+        self._gather_s = 0.0
+        self._crashing: asyncio.Future[None] | None = None
+
+    def _crash(self, exc: BaseException) -> None:
+        log.critical("%s; the worker stops (unwritten batches were not acknowledged)", exc)
+        self._crashing = asyncio.ensure_future(self.app.crash(exc))
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:
         within = self.settings.sink_max_wait_ms / 1000.0
         batches = stream.take_events(  # type: ignore[attr-defined]
             self.settings.sink_batch_size, within=within)
-        t = self.loop.totals
         try:
             t0 = time.monotonic()
             async for events in batches:
-                t.gather_s += time.monotonic() - t0
+                self._gather_s += time.monotonic() - t0
                 await self.handle(events)
                 t0 = time.monotonic()
         finally:
-            await self.loop.drain()
+            await self.host.close()
 
     async def handle(self, events: Sequence[faust.EventT[bytes]]) -> None:
         records = []
@@ -111,37 +100,25 @@ class Worker:
             m = e.message
             m.incref()  # released by _acked once the batch is written
             records.append(RawRecord(m.topic, m.partition, m.offset, m.key, m.value))
-        await self.loop.handle(records, done=lambda: _acked(events))
-
-    async def _send_dead_letter(self, dl: DeadLetter) -> None:
-        rec = dl.record
-        fut = await self.dead_letters.send(
-            key=rec.key, value=rec.value,
-            headers={
-                "viewsync.reason": dl.reason.encode(),
-                "viewsync.source": f"{rec.topic}[{rec.partition}]@{rec.offset}".encode(),
-            },
-        )
-        await fut
+        await self.host.submit(records, done=lambda: _acked(events))
 
     def lag(self) -> int | None:
         """Records in the assigned source partitions not yet written to the views."""
-        written = self.loop.totals.written
+        written = self.host.totals().written
         total = 0
         try:
             for tp in self.app.consumer.assignment():
-                if tp.topic in self.topic_tables:
+                if tp.topic in self.topics:
                     high = self.app.consumer.highwater(tp)
-                    done = written.get((tp.topic, tp.partition))
                     if high is None:
                         return None
-                    total += max(0, high - (done if done is not None else 0))
+                    total += max(0, high - written.get((tp.topic, tp.partition), 0))
         except Exception:  # consumer not started or rebalancing
             return None
         return total
 
     async def _report(self) -> None:
-        t = self.loop.totals
+        t = self.host.totals()
         now = time.monotonic()
         since, rows_then = self._last
         self._last = (now, t.rows)
@@ -158,8 +135,8 @@ class Worker:
         log.info("%s | %d records, %d changes, %d view rows written (%.0f rows/s now), "
                  "%d dead letters | %d batches; seconds gathering %.1f, processing %.1f, "
                  "waiting for writes %.1f, writing %.1f",
-                 state, t.records, t.changes, t.rows, rate, t.dead, t.batches, t.gather_s,
-                 t.process_s, t.wait_s, t.write_s)
+                 state, t.records, t.changes, t.rows, rate, t.dead, t.batches,
+                 self._gather_s, t.process_s, t.wait_s, t.write_s)
 
 
 def _acked(events: Sequence[faust.EventT[bytes]]) -> None:
@@ -167,31 +144,18 @@ def _acked(events: Sequence[faust.EventT[bytes]]) -> None:
         e.ack()
 
 
-async def prepare(worker: Worker) -> None:
-    """Before Faust starts: create the view tables (waiting while a consumer DB is down) and
-    bring the state store up to the views."""
-    await retry(lambda: asyncio.to_thread(worker.sink.create_tables), SinkUnavailable,
-                "creating the view tables")
-    await restore(worker.settings.bootstrap(), worker.settings.worker_id,
-                  tuple(worker.topic_tables), worker.pipeline)
-
-
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; Faust shuts down cleanly (flushes, commits)."""
     settings.worker_dir().mkdir(parents=True, exist_ok=True)
-    worker = Worker(settings)
-    try:
-        # Faust runs on the loop that prepared the worker (not asyncio.run's, which closes).
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(prepare(worker))
-        log.info("viewsync worker: %s → %s (state store: %s)",
-                 ", ".join(worker.topic_tables),
-                 ", ".join(v.name for v in worker.pipeline.views), settings.worker_store)
-        fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True,
-                          override_logging=False)
-        fw.execute_from_commandline()
-    finally:
-        worker.store.close()
-        worker.sink.close()
+    # Faust runs on the loop that prepared the worker.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    host = host_for(settings)
+    host.start()
+    worker = Worker(settings, host)
+    log.info("viewsync worker: %s → %s (state store: %s, pipeline in %s)",
+             ", ".join(worker.topics), "the three views", settings.worker_store,
+             "a child process" if settings.pipeline_process else "the worker process")
+    fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True,
+                      override_logging=False)
+    fw.execute_from_commandline()
     return 0

@@ -1,0 +1,289 @@
+"""Where the batch loop runs: in a child process of the worker (default), or in the worker.
+
+The worker process is Faust: it fetches records and delivers them as events, which costs
+about as much Python time per record as decoding, joining and projecting it. One Python
+process runs one core at a time, so by default the work is split over two processes:
+
+* the **worker** (``app.worker``, Faust) gathers batches of raw records and hands them
+  over; it acknowledges a batch's events when told the batch is written;
+* the **pipeline process** (this module, started with ``spawn``) owns the state store,
+  the decoder, the sink and the dead-letter producer, and runs :class:`app.pipeline.BatchLoop`
+  on each batch — the same loop, and the same code, that the unit tests drive in-process.
+
+Both sides talk over a pipe: ``("batch", seq, records)`` in; ``("done", seq, totals)`` when
+batch ``seq`` is in the consumer databases (and its dead letters are in Kafka), ``("ready",
+...)`` after start-up (view tables created, state store restored), ``("error", text)`` when
+the loop fails. The pipeline process stops when told to, or when the worker dies (its end of
+the pipe closes); it ignores SIGINT/SIGTERM so that a stop of the process group does not cut
+a write in half: the worker decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from app.changes import SOURCE_TABLES, SourceTable
+from app.decode import Decoder, RegistrySchemas
+from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord, Totals
+from app.restore import restore
+from app.retry import retry
+from app.settings import Settings
+from app.sink import DatabaseSink, SinkUnavailable, sink_urls
+from app.state import MemoryStore, RocksStore, StateStore
+
+log = logging.getLogger("viewsync.pipeline")
+
+#: Batches handed over and not yet written, at most (one processing, one writing).
+IN_FLIGHT = 2
+
+
+def topic_tables(settings: Settings) -> dict[str, SourceTable]:
+    return {settings.topic(t): t for t in SOURCE_TABLES}
+
+
+def open_store(settings: Settings) -> StateStore:
+    if settings.worker_store == "rocksdb":
+        return RocksStore(settings.worker_dir() / "state")
+    return MemoryStore()
+
+
+class DeadLetterProducer:
+    """Sends dead letters (original bytes, reason and source position as headers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = settings.dead_letter_topic
+        self._producer = Producer({"bootstrap.servers": settings.bootstrap(), "acks": "all",
+                                   "enable.idempotence": True})
+
+    async def send(self, dl: DeadLetter) -> None:
+        rec = dl.record
+        self._producer.produce(self.topic, key=rec.key, value=rec.value, headers={
+            "viewsync.reason": dl.reason.encode(),
+            "viewsync.source": f"{rec.topic}[{rec.partition}]@{rec.offset}".encode(),
+        })
+        left = await asyncio.to_thread(self._producer.flush, 30.0)
+        if left:
+            raise RuntimeError(f"dead letter not delivered to {self.topic} within 30s")
+
+
+class Components:
+    """Everything the batch loop needs, built from the settings; closed together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_store(settings)
+        self.topics = topic_tables(settings)
+        self.pipeline = Pipeline(
+            Decoder(RegistrySchemas(settings.registry_url()), self.topics), self.store)
+        self.sink = DatabaseSink(sink_urls(settings))
+        self.dead_letters = DeadLetterProducer(settings)
+        self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send)
+
+    async def prepare(self) -> None:
+        """Create the view tables (waiting while a consumer DB is down); bring the state
+        store up to the views."""
+        await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
+                    "creating the view tables")
+        await restore(self.settings.bootstrap(), self.settings.worker_id,
+                      tuple(self.topics), self.pipeline)
+
+    def close(self) -> None:
+        self.store.close()
+        self.sink.close()
+
+
+class PipelineHost(Protocol):
+    """How the worker runs batches: :class:`InProcess` or :class:`ChildProcess`."""
+
+    def start(self) -> None:
+        """Prepare (tables, restore); blocks until the loop can take batches."""
+        ...
+
+    async def submit(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
+        """Hand a batch over; ``done`` is called once it is written."""
+        ...
+
+    def totals(self) -> Totals: ...
+
+    async def close(self) -> None:
+        """Finish the batches handed over, then stop."""
+        ...
+
+    #: Called (on the event loop) when the host fails outside a ``submit``.
+    on_failure: Callable[[BaseException], None] | None
+
+
+class InProcess:
+    """The batch loop in the worker process itself (``pipeline_process = false``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.parts = Components(settings)
+        self.on_failure: Callable[[BaseException], None] | None = None
+
+    def start(self) -> None:
+        asyncio.get_event_loop().run_until_complete(self.parts.prepare())
+
+    async def submit(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
+        await self.parts.loop.handle(records, done)
+
+    def totals(self) -> Totals:
+        return self.parts.loop.totals
+
+    async def close(self) -> None:
+        try:
+            await self.parts.loop.drain()
+        finally:
+            self.parts.close()
+
+
+class PipelineFailed(Exception):
+    """The pipeline process reported an error or died."""
+
+
+class ChildProcess:
+    """The batch loop in a child process; see the module's docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child_main, args=(settings, child),
+                                 name="viewsync-pipeline")
+        self._child_end = child
+        self._done: dict[int, Callable[[], None]] = {}
+        self._seq = 0
+        self._slots: asyncio.Semaphore | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._totals = Totals()
+        self._closed: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
+        self.on_failure: Callable[[BaseException], None] | None = None
+
+    def start(self) -> None:
+        self._proc.start()
+        self._child_end.close()
+        msg = self._recv_blocking()
+        if msg[0] != "ready":
+            raise PipelineFailed(f"pipeline process failed to start: {msg[1]}")
+
+    def _recv_blocking(self) -> tuple[Any, ...]:
+        try:
+            msg: tuple[Any, ...] = self._conn.recv()
+        except EOFError:
+            code = self._proc.exitcode
+            raise PipelineFailed(f"pipeline process exited (code {code})") from None
+        return msg
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await asyncio.to_thread(self._recv_blocking)
+                kind = msg[0]
+                if kind == "done":
+                    _, seq, totals = msg
+                    self._totals = Totals(**totals)
+                    self._done.pop(seq)()
+                    assert self._slots is not None
+                    self._slots.release()
+                elif kind == "closed":
+                    if self._closed is not None and not self._closed.done():
+                        self._closed.set_result(None)
+                    return
+                elif kind == "error":
+                    raise PipelineFailed(f"pipeline process failed: {msg[1]}")
+        except Exception as exc:
+            self._failure = exc
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_exception(exc)
+            if self._slots is not None:
+                self._slots.release()  # wake a submit waiting for a slot: it raises
+            if self.on_failure is not None:
+                self.on_failure(exc)
+
+    async def submit(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(IN_FLIGHT)
+            self._reader = asyncio.create_task(self._read())
+        await self._slots.acquire()
+        if self._failure is not None:
+            raise PipelineFailed(str(self._failure)) from self._failure
+        seq, self._seq = self._seq, self._seq + 1
+        self._done[seq] = done
+        self._conn.send(("batch", seq, [
+            (r.topic, r.partition, r.offset, r.key, r.value) for r in records]))
+
+    def totals(self) -> Totals:
+        return self._totals
+
+    async def close(self) -> None:
+        try:
+            if self._proc.is_alive() and self._failure is None:
+                self._closed = asyncio.get_running_loop().create_future()
+                self._conn.send(("close",))
+                if self._reader is None:
+                    self._reader = asyncio.create_task(self._read())
+                await asyncio.wait_for(self._closed, timeout=120)
+        finally:
+            self._conn.close()
+            self._proc.join(30)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+
+def host_for(settings: Settings) -> PipelineHost:
+    return ChildProcess(settings) if settings.pipeline_process else InProcess(settings)
+
+
+# --- the child ----------------------------------------------------------------------------------
+
+
+def _child_main(settings: Settings, conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from app.cli import setup_logging
+
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(_serve(settings, conn))
+    except EOFError:
+        log.info("the worker is gone; pipeline process exits")
+    except BaseException as exc:
+        log.error("pipeline process failed: %s", "".join(traceback.format_exception(exc)))
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+
+
+async def _serve(settings: Settings, conn: Connection) -> None:
+    parts = Components(settings)
+    try:
+        await parts.prepare()
+        conn.send(("ready", None))
+        while True:
+            msg = await asyncio.to_thread(conn.recv)
+            if msg[0] == "batch":
+                _, seq, raw = msg
+                records = [RawRecord(*r) for r in raw]
+                await parts.loop.handle(records, _reporter(conn, seq, parts.loop))
+            elif msg[0] == "close":
+                await parts.loop.drain()
+                conn.send(("closed",))
+                return
+    finally:
+        parts.close()
+
+
+def _reporter(conn: Connection, seq: int, loop: BatchLoop) -> Callable[[], None]:
+    def done() -> None:
+        conn.send(("done", seq, asdict(loop.totals)))
+    return done
