@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from app.logs import setup_logging
 from app.settings import ConfigError, Settings, load_settings
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Per-request HTTP lines and Faust's producer back-pressure notes drown the useful ones.
-    for noisy in ("httpx", "httpx2", "faust.transport.producer", "aiokafka"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
 
 
 def cmd_stack(args: argparse.Namespace, s: Settings) -> int:

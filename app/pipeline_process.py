@@ -10,8 +10,8 @@ process runs one core at a time, so by default the work is split over two proces
   the decoder, the sink and the dead-letter producer, and runs :class:`app.pipeline.BatchLoop`
   on each batch — the same loop, and the same code, that the unit tests drive in-process.
 
-Both sides talk over a pipe: ``("batch", seq, records)`` in; ``("done", seq, totals)`` when
-batch ``seq`` is in the consumer databases (and its dead letters are in Kafka), ``("ready",
+Both sides talk over a pipe: ``("batch", seq, records)`` in; ``("done", [seq, …], totals)``
+when those batches are in the consumer databases (and its dead letters are in Kafka), ``("ready",
 ...)`` after start-up (view tables created, state store restored), ``("error", text)`` when
 the loop fails. The pipeline process stops when told to, or when the worker dies (its end of
 the pipe closes); it ignores SIGINT/SIGTERM so that a stop of the process group does not cut
@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from app.changes import SOURCE_TABLES, SourceTable
 from app.decode import Decoder, RegistrySchemas
+from app.logs import setup_logging
 from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord, Totals
 from app.restore import restore
 from app.retry import retry
@@ -42,8 +43,11 @@ from app.state import MemoryStore, RocksStore, StateStore
 
 log = logging.getLogger("viewsync.pipeline")
 
-#: Batches handed over and not yet written, at most (one processing, one writing).
-IN_FLIGHT = 2
+#: Batches handed over and not yet written, at most. While the pipeline is behind, the
+#: batches waiting for it are merged into one (up to :data:`MERGE_RECORDS` records), so
+#: batches grow with the load and per-batch costs (transactions, commits) shrink.
+IN_FLIGHT = 8
+MERGE_RECORDS = 20_000
 
 
 def topic_tables(settings: Settings) -> dict[str, SourceTable]:
@@ -63,8 +67,26 @@ class DeadLetterProducer:
         from confluent_kafka import Producer
 
         self.topic = settings.dead_letter_topic
-        self._producer = Producer({"bootstrap.servers": settings.bootstrap(), "acks": "all",
+        self._bootstrap = settings.bootstrap()
+        self._producer = Producer({"bootstrap.servers": self._bootstrap, "acks": "all",
                                    "enable.idempotence": True})
+
+    def ensure_topic(self) -> None:
+        """Create the dead-letter topic (one partition, the broker's replication factor)
+        unless it exists, so that a broker without auto-creation does not stop the worker
+        at its first dead letter."""
+        # NewTopic is documented under confluent_kafka.admin; the type stubs do not list it.
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        if self.topic in admin.list_topics(timeout=30).topics:
+            return
+        fut = admin.create_topics([NewTopic(self.topic, num_partitions=1)])[self.topic]
+        try:
+            fut.result(30)
+        except Exception as exc:  # a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
 
     async def send(self, dl: DeadLetter) -> None:
         rec = dl.record
@@ -95,6 +117,7 @@ class Components:
         store up to the views."""
         await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
                     "creating the view tables")
+        await asyncio.to_thread(self.dead_letters.ensure_topic)
         await restore(self.settings.bootstrap(), self.settings.worker_id,
                       tuple(self.topics), self.pipeline)
 
@@ -190,11 +213,12 @@ class ChildProcess:
                 msg = await asyncio.to_thread(self._recv_blocking)
                 kind = msg[0]
                 if kind == "done":
-                    _, seq, totals = msg
+                    _, seqs, totals = msg
                     self._totals = Totals(**totals)
-                    self._done.pop(seq)()
-                    assert self._slots is not None
-                    self._slots.release()
+                    for seq in seqs:
+                        self._done.pop(seq)()
+                        assert self._slots is not None
+                        self._slots.release()
                 elif kind == "closed":
                     if self._closed is not None and not self._closed.done():
                         self._closed.set_result(None)
@@ -250,8 +274,6 @@ def host_for(settings: Settings) -> PipelineHost:
 def _child_main(settings: Settings, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from app.cli import setup_logging
-
     setup_logging(settings.log_level)
     try:
         asyncio.run(_serve(settings, conn))
@@ -269,21 +291,31 @@ async def _serve(settings: Settings, conn: Connection) -> None:
     try:
         await parts.prepare()
         conn.send(("ready", None))
-        while True:
+        closing = False
+        while not closing:
             msg = await asyncio.to_thread(conn.recv)
-            if msg[0] == "batch":
-                _, seq, raw = msg
-                records = [RawRecord(*r) for r in raw]
-                await parts.loop.handle(records, _reporter(conn, seq, parts.loop))
-            elif msg[0] == "close":
-                await parts.loop.drain()
-                conn.send(("closed",))
-                return
+            seqs: list[int] = []
+            records: list[RawRecord] = []
+            while True:
+                if msg[0] == "batch":
+                    _, seq, raw = msg
+                    seqs.append(seq)
+                    records += [RawRecord(*r) for r in raw]
+                elif msg[0] == "close":
+                    closing = True
+                    break
+                if len(records) >= MERGE_RECORDS or not conn.poll():
+                    break
+                msg = conn.recv()
+            if records:
+                await parts.loop.handle(records, _reporter(conn, seqs, parts.loop))
+        await parts.loop.drain()
+        conn.send(("closed",))
     finally:
         parts.close()
 
 
-def _reporter(conn: Connection, seq: int, loop: BatchLoop) -> Callable[[], None]:
+def _reporter(conn: Connection, seqs: list[int], loop: BatchLoop) -> Callable[[], None]:
     def done() -> None:
-        conn.send(("done", seq, asdict(loop.totals)))
+        conn.send(("done", seqs, asdict(loop.totals)))
     return done

@@ -9,7 +9,9 @@ printed (``repr`` shows ``**********``).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -148,6 +150,12 @@ class Settings(BaseSettings):
 
     def worker_dir(self) -> Path:
         return self.worker_data_dir or (self.state_dir / "worker")
+
+    def instance_id(self) -> str:
+        """This worker process's static member id in the consumer group: stable across its
+        restarts, distinct for every data directory (one per worker process) and host."""
+        where = hashlib.sha1(str(self.worker_dir().resolve()).encode()).hexdigest()[:10]
+        return f"{self.worker_id}@{socket.gethostname()}/{where}"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -44,6 +44,9 @@ def build_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        # Static group membership: a worker restarted within the session timeout takes its
+        # partitions back at once, without waiting for its old self to time out.
+        consumer_group_instance_id=settings.instance_id(),
         web_enabled=False,
         stream_wait_empty=True,
         producer_acks=-1,

@@ -137,3 +137,46 @@ def test_registry_outage_is_raised_not_dead_lettered(schemas: DictSchemas) -> No
     dec = Decoder(Down(), TOPICS)
     with pytest.raises(SchemaUnavailable):
         dec.decode("p.product.products", key(schemas, "products", 1), None)
+
+
+@pytest.mark.parametrize("table", SOURCE_TABLES)
+def test_debezium_schemas_are_read_without_resolution_and_give_the_same_values(
+        table: SourceTable, schemas: DictSchemas) -> None:
+    """Debezium's writer schemas read exactly as the contract (extra envelope and source
+    fields aside), so records skip schema resolution; the values are the same either way."""
+    import fastavro
+
+    from app.decode import reads_as
+
+    for part in ("key", "value"):
+        w = fastavro.parse_schema(writer(table, part), expand=True)
+        r = fastavro.parse_schema(contract(table, part), expand=True)
+        assert reads_as(w, r, rows_exact=part == "value")
+    rows = {"categories": {"id": 3, "parent_id": None, "code": "c", "name": "n"},
+            "warranty_types": {"id": 3, "name": "w", "months": 12},
+            "products": dict(PRODUCT, id=3),
+            "batches": {"id": 3, "product_id": 9, "batch_no": "b", "manufactured_on": 19723,
+                        "expires_on": None}}
+    k, v = key(schemas, table, 3), value(schemas, table, "u", rows[table], rows[table])
+    fast = Decoder(schemas, TOPICS)
+    slow = Decoder(schemas, TOPICS)
+    slow._fast = dict.fromkeys(  # force resolution for every writer schema
+        [(sid, t, p) for (t, p), sid in schemas.ids.items()], False)
+    assert fast.decode(f"p.product.{table}", k, v) == slow.decode(f"p.product.{table}", k, v)
+
+
+def test_a_writer_row_with_an_extra_column_is_resolved_to_the_contract(
+        schemas: DictSchemas) -> None:
+    """ALTER TABLE … ADD COLUMN: the row no longer reads as the contract; resolution drops
+    the new column and the change decodes as before."""
+    w = writer("products", "value")
+    value_rec = w["fields"][0]["type"][1]
+    value_rec["fields"].append({"name": "colour", "type": ["null", "string"], "default": None})
+    schemas.by_id[998] = json.dumps(w)
+    dec = Decoder(schemas, TOPICS)
+    row = dict(PRODUCT, colour="red")
+    env = {"before": None, "after": row, "source": SOURCE, "transaction": None, "op": "c",
+           "ts_ms": 1, "ts_us": None, "ts_ns": None}
+    out = dec.decode("p.product.products", key(schemas, "products", 2**40), encode(w, 998, env))
+    assert not isinstance(out, DecodeFailure)
+    assert out.after == PRODUCT
