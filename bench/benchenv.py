@@ -115,6 +115,8 @@ class BenchEnv:
         if down:
             raise SystemExit(f"stack components down: {', '.join(down)} (run: viewsync stack up)")
         self.keep = keep
+        # A bench stopped with SIGTERM still drops what it created (the finally blocks run).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         self.tag = f"bench{random.randrange(10**6)}"
         self.tmp = Path(tempfile.mkdtemp(prefix="viewsync-bench-"))
         self.workers: list[Worker] = []
