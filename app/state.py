@@ -209,6 +209,19 @@ def _index_prefix(index: str) -> bytes:
     return _IDX + bytes(([fk.index for fk in FOREIGN_KEYS].index(index),))
 
 
+def _scan(db: Any, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+    """Every (key, iterator) of ``db`` whose key starts with ``prefix``, in key order; the
+    iterator's ``value()`` is the current entry's value."""
+    it = db.iter()
+    it.seek(prefix)
+    while it.valid():
+        k = it.key()
+        if not k.startswith(prefix):
+            return
+        yield k, it
+        it.next()
+
+
 def _pos_key(topic: str, partition: int) -> bytes:
     return _POS + topic.encode() + b"\x00" + struct.pack(">i", partition)
 
@@ -247,15 +260,9 @@ class _RocksTable(MutableMapping[int, dict[str, Any]]):
         self.pending[key] = _DELETED
 
     def _stored_keys(self) -> Iterator[int]:
-        it = self._db.iter()
-        it.seek(self._prefix)
         n = len(self._prefix)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(self._prefix):
-                break
+        for k, _it in _scan(self._db, self._prefix):
             yield _KEY.unpack(k[n:])[0]
-            it.next()
 
     def __iter__(self) -> Iterator[int]:
         for key in self._stored_keys():
@@ -292,14 +299,7 @@ class _RocksIndex:
         self._pending.setdefault(ref, {})[key] = False
 
     def _scan(self, prefix: bytes) -> Iterator[bytes]:
-        it = self._db.iter()
-        it.seek(prefix)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(prefix):
-                break
-            yield k
-            it.next()
+        return (k for k, _it in _scan(self._db, prefix))
 
     def get(self, ref: int) -> Collection[int]:
         prefix = self._prefix + _KEY.pack(ref)
@@ -375,15 +375,9 @@ class RocksStore:
 
     def positions(self) -> Positions:
         out: Positions = {}
-        it = self._db.iter()
-        it.seek(_POS)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(_POS):
-                break
+        for k, it in _scan(self._db, _POS):
             topic, partition = k[1:-5].decode(), struct.unpack(">i", k[-4:])[0]
             out[(topic, partition)] = _KEY.unpack(it.value())[0]
-            it.next()
         return out
 
     def commit(self, positions: Positions) -> None:

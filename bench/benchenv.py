@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from app.settings import Settings, load_settings  # noqa: E402
 from app.sink import create_view_tables  # noqa: E402
 from app.stack.components import SQL_DIR  # noqa: E402
 from app.stack.manager import Stack, ensure_source_topics  # noqa: E402
+from tests.integration.worker_process import WorkerProcess  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -52,37 +51,15 @@ def wait_for(fn: Callable[[], bool], timeout: float, what: str, poll: float = 0.
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@dataclass
-class Worker:
+class Worker(WorkerProcess):
     """One ``viewsync worker`` process of one variant, with its own consumer databases."""
 
-    name: str
-    settings: Settings
-    env: dict[str, str]
-    repo: Path
-    log_path: Path
-    dbs: dict[str, sa.Engine] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], cwd=self.repo, env=self.env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+    def __init__(self, name: str, settings: Settings, env: dict[str, str], repo: Path,
+                 log_path: Path, dbs: dict[str, sa.Engine]) -> None:
+        super().__init__(env, log_path, repo)
+        self.name = name
+        self.settings = settings
+        self.dbs = dbs
 
     def pause(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -91,18 +68,6 @@ class Worker:
     def resume(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGCONT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def rss_mb(self) -> float:
-        """Resident memory of the worker process now (MiB)."""
-        if not self.alive() or self.proc is None:
-            return 0.0
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
 
 
 class BenchEnv:

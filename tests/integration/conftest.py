@@ -8,9 +8,6 @@ and fresh state tables, so it reads every source topic from the beginning.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import sqlalchemy as sa
 from app.settings import Settings, load_settings
 from app.stack.manager import Stack
 from tests.integration.reference import Views, actual_views, diff_views, expected_views
+from tests.integration.worker_process import WorkerProcess as BaseWorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERGE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_CONVERGE_TIMEOUT", "120"))
@@ -62,43 +60,15 @@ def consumer_dbs(stack: Stack, settings: Settings) -> Iterator[dict[str, sa.Engi
         e.dispose()
 
 
-class WorkerProcess:
-    """A real `viewsync worker` subprocess that can be killed and restarted."""
+class WorkerProcess(BaseWorkerProcess):
+    """A worker with a fresh consumer group and data directory under ``tmp``."""
 
     def __init__(self, tmp: Path, **env: str) -> None:
         self.worker_id = f"it-{uuid.uuid4().hex[:8]}"
-        self.env = dict(os.environ, VIEWSYNC_WORKER_ID=self.worker_id,
-                        VIEWSYNC_WORKER_DATA_DIR=str(tmp / self.worker_id), **env)
-        self.log = tmp / f"{self.worker_id}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=self.env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no commit — the crash the design must survive."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        super().__init__(
+            dict(os.environ, VIEWSYNC_WORKER_ID=self.worker_id,
+                 VIEWSYNC_WORKER_DATA_DIR=str(tmp / self.worker_id), **env),
+            tmp / f"{self.worker_id}.log")
 
 
 @pytest.fixture(scope="session")

@@ -800,22 +800,3 @@ def converge(
     event(f"most order view rows at once={min(most_rows, 3)}+")
     event(f"replays={replays}, restarts={restarts}, crashes={crashes}")
     event(f"category cycle seen={saw_cycle}")
-
-
-def test_rocksdb_store_keeps_rows_indexes_and_positions_across_a_reopen(tmp_path: Path) -> None:
-    store = RocksStore(tmp_path)
-    h = Harness(store=store)
-    small_catalog(h)
-    h.pipeline.positions = {("t.products", 0): 7, ("t.batches", 3): 256, ("t.x", 1): 1 << 33}
-    h.pipeline.commit()
-    rows = {t: dict(h.state.store(t)) for t in ("categories", "products", "batches")}
-    indexes = h.engine.indexes()
-    store.close()
-    again = RocksStore(tmp_path)
-    try:
-        assert again.positions() == {("t.products", 0): 7, ("t.batches", 3): 256,
-                                     ("t.x", 1): 1 << 33}
-        assert {t: dict(again.state.store(t)) for t in rows} == rows
-        assert JoinEngine(again.state).indexes() == indexes
-    finally:
-        again.close()

@@ -1,0 +1,49 @@
+"""A real ``viewsync worker`` subprocess that can be started, stopped, killed and restarted
+(used by the integration tests and the benches)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """``python -m app.cli worker`` from ``repo`` with ``env``, output appended to ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path, repo: Path = ROOT) -> None:
+        self.env = env
+        self.log = log
+        self.repo = repo
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], cwd=self.repo, env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit — the crash the design must survive."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
