@@ -7,7 +7,8 @@ every view row that may have changed (``app.project``) into one
 reached. :class:`BatchLoop` owns the order of the whole batch and is what the worker
 (``app.worker``, the Faust edge) and the tests drive:
 
-1. decode + apply every record (a registry outage is waited out, never dead-lettered);
+1. decode + apply every record (a registry outage is waited out, never dead-lettered: the
+   batch is processed again once the registry answers);
 2. project the dirty keys; commit the state store with the batch's source positions;
 3. wait until the previous batch's write is done (one write in flight);
 4. write this batch in a thread (one transaction per consumer database; an unreachable
@@ -30,14 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.changes import Change
 from app.decode import DecodeFailure, Decoder, SchemaUnavailable
 from app.join import Affected, JoinEngine
 from app.project import ViewBatch, project_many
-from app.retry import retry
+from app.retry import calling, retry
 from app.sink import SinkUnavailable, ViewSink
 from app.state import Positions, StateStore
 from app.views import VIEWS, ViewDef
@@ -65,6 +66,9 @@ class BatchResult:
     views: dict[str, ViewBatch]
     dead_letters: list[DeadLetter]
     changes: int
+    #: Records in the batch, and the source positions the batch reached.
+    records: int = 0
+    positions: Positions = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -147,17 +151,25 @@ class Pipeline:
         changes, self._changes = self._changes, 0
         return out, changes
 
-    def commit(self) -> None:
-        """Make the state applied so far durable, with the source positions it reached."""
-        self.store.commit(self.positions)
-        self.positions = {}
+    def commit(self) -> Positions:
+        """Make the state applied so far durable, with the source positions it reached
+        (returned)."""
+        positions, self.positions = self.positions, {}
+        self.store.commit(positions)
+        return positions
 
-    def process(self, records: Iterable[RawRecord]) -> BatchResult:
-        """``add`` every record, ``take_batch``, ``commit``."""
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        """``add`` every record, ``take_batch``, ``commit``.
+
+        Raises :class:`~app.decode.SchemaUnavailable` while the registry cannot be asked;
+        processing the same records again is then correct (a record applied twice is a
+        duplicate, and duplicates redo every view).
+        """
         dead = [dl for rec in records if (dl := self.add(rec)) is not None]
         views, changes = self.take_batch()
-        self.commit()
-        return BatchResult(views=views, dead_letters=dead, changes=changes)
+        positions = self.commit()
+        return BatchResult(views=views, dead_letters=dead, changes=changes,
+                           records=len(records), positions=positions)
 
 
 @dataclass
@@ -169,9 +181,8 @@ class Totals:
     changes: int = 0
     rows: int = 0
     dead: int = 0
-    #: Seconds spent gathering a batch (the worker's share), decoding/applying/projecting,
-    #: waiting for the previous write, writing (in the writer thread, overlapping the rest).
-    gather_s: float = 0.0
+    #: Seconds spent decoding/applying/projecting, waiting for the previous write, writing
+    #: (in the writer thread, overlapping the rest).
     process_s: float = 0.0
     wait_s: float = 0.0
     write_s: float = 0.0
@@ -199,24 +210,16 @@ class BatchLoop:
         """Run one batch; ``done`` is called once its rows are committed in every consumer
         database and its dead letters are sent. Returns while that write may still run."""
         t0 = time.monotonic()
-        dead: list[DeadLetter] = []
-        for rec in records:
-            try:
-                dl = self.pipeline.add(rec)
-            except SchemaUnavailable:
-                dl = await retry(_later(self.pipeline.add, rec), SchemaUnavailable,
-                                 f"schema lookup for {rec.topic}[{rec.partition}]@{rec.offset}")
-            if dl is not None:
-                dead.append(dl)
-        positions = dict(self.pipeline.positions)
-        views, changes = self.pipeline.take_batch()
-        self.pipeline.commit()
-        result = BatchResult(views=views, dead_letters=dead, changes=changes)
+        try:
+            result = self.pipeline.process(records)
+        except SchemaUnavailable:  # wait the registry out; the batch is processed again
+            result = await retry(calling(self.pipeline.process, records), SchemaUnavailable,
+                                 "schema lookup")
         t1 = time.monotonic()
         await self.drain()
         self.totals.process_s += t1 - t0
         self.totals.wait_s += time.monotonic() - t1
-        self._inflight = asyncio.create_task(self._write(result, len(records), positions, done))
+        self._inflight = asyncio.create_task(self._write(result, done))
 
     async def drain(self) -> None:
         """Wait for the write in flight (its error, if any, is raised here)."""
@@ -224,8 +227,7 @@ class BatchLoop:
         if task is not None:
             await task
 
-    async def _write(self, result: BatchResult, n: int, positions: Positions,
-                     done: Callable[[], None]) -> None:
+    async def _write(self, result: BatchResult, done: Callable[[], None]) -> None:
         t0 = time.monotonic()
         if result.rows:
             await retry(lambda: asyncio.to_thread(self.sink.write, result.views),
@@ -235,16 +237,9 @@ class BatchLoop:
             await self.send_dead_letter(dl)
         t = self.totals
         t.batches += 1
-        t.records += n
+        t.records += result.records
         t.changes += result.changes
         t.rows += result.rows
         t.dead += len(result.dead_letters)
-        t.written.update(positions)
+        t.written.update(result.positions)
         done()
-
-
-def _later(fn: Callable[[RawRecord], DeadLetter | None], rec: RawRecord
-         ) -> Callable[[], Awaitable[DeadLetter | None]]:
-    async def call() -> DeadLetter | None:
-        return fn(rec)
-    return call

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from app.decode import SchemaUnavailable
 from app.pipeline import Pipeline, RawRecord
-from app.retry import retry
+from app.retry import calling, retry
 
 log = logging.getLogger("viewsync.restore")
 
@@ -99,7 +99,8 @@ async def restore(bootstrap: str, group: str, topics: Sequence[str], pipeline: P
                 try:
                     pipeline.restore(rec)
                 except SchemaUnavailable:
-                    await retry(_later(pipeline, rec), SchemaUnavailable, "schema lookup")
+                    await retry(calling(pipeline.restore, rec), SchemaUnavailable,
+                                "schema lookup")
                 applied += 1
                 if offset + 1 >= span[1]:
                     del remaining[key]
@@ -120,9 +121,3 @@ async def restore(bootstrap: str, group: str, topics: Sequence[str], pipeline: P
 
 def _bytes(b: str | bytes | None) -> bytes | None:
     return b.encode() if isinstance(b, str) else b
-
-
-def _later(pipeline: Pipeline, rec: RawRecord):  # type: ignore[no-untyped-def]
-    async def call() -> bool:
-        return pipeline.restore(rec)
-    return call

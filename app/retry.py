@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger("viewsync.retry")
 
@@ -35,3 +36,10 @@ async def retry(
             log.warning("%s failed (%s); retrying in %.1fs", what, _first_line(exc), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_DELAY)
+
+
+def calling(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Callable[[], Awaitable[T]]:
+    """``fn(*args, **kwargs)`` as the awaitable call :func:`retry` takes (run in place)."""
+    async def call() -> T:
+        return fn(*args, **kwargs)
+    return call

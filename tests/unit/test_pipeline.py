@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.decode import Decoder
+from app.decode import Decoder, SchemaUnavailable
 from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
 from app.project import ViewBatch
 from app.restore import plan
@@ -183,3 +183,38 @@ def test_restore_plan_reads_only_what_the_store_lacks() -> None:
     assert got.ranges == {("b", 0): (20, 50)}
     assert plan(committed, {}).ranges == {("a", 0): (None, 100), ("b", 0): (None, 50)}
     assert plan(committed, {("a", 0): 120, ("b", 0): 60}).ranges == {}
+
+
+def test_a_registry_outage_mid_batch_is_waited_out_and_the_batch_processed_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.retry.FIRST_DELAY", 0.001)
+    s = DictSchemas()
+
+    class Flaky:
+        down = 2
+
+        def schema_text(self, schema_id: int) -> str:
+            if schema_id == s.ids[("products", "value")] and self.down:
+                self.down -= 1
+                raise SchemaUnavailable("registry unreachable")
+            return s.schema_text(schema_id)
+
+    sink = MemorySink()
+
+    async def no_dead_letters(dl: DeadLetter) -> None:
+        raise AssertionError(dl)
+
+    loop = BatchLoop(Pipeline(Decoder(Flaky(), TOPICS), MemoryStore()), sink, no_dead_letters)
+    acked: list[int] = []
+
+    async def run() -> None:
+        await loop.handle([
+            rec("categories", key(s, "categories", 1), value(s, "categories", "c", None, CAT), 0),
+            rec("products", key(s, "products", 10), value(s, "products", "c", None, PROD), 0),
+        ], done=lambda: acked.append(1))
+        await loop.drain()
+
+    asyncio.run(run())
+    assert acked == [1]
+    assert sink.rows["order.product_view"][10]["category_path"] == "Tools"
+    assert loop.totals.records == 2 and loop.totals.dead == 0
