@@ -21,9 +21,11 @@ before the rows of every record up to it are in the consumer databases.
 **Why a crash cannot lose a change.** The state store may be ahead of the consumer
 databases (committed in step 2, before the write). A restarted worker resumes from the
 committed Kafka offsets, which are never ahead of the databases, so it replays what the
-databases may lack. Records below the position the store had already reached are applied
-with ``prune=False`` (every view redone, not only those whose columns changed), because the
-engine's "previous row" is then newer than what the views hold.
+databases may lack. A record below the position the store had already reached is *redone*,
+not applied: the state already holds it (and newer rows), so every view row that depends on
+its row *now* is re-projected from the current state — no column pruning, and no stepping
+back through older versions (the views never show an older value during the catch-up). The
+store's positions never move back.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class Pipeline:
         self.views = tuple(views)
         self.engine = JoinEngine(self.state)
         #: Where the state store stood when this pipeline started: records below it are
-        #: replays over a state that may be ahead of the views (applied with prune=False).
+        #: already in the state, and are redone (:meth:`redo`) rather than applied.
         self.replay_until: Positions = store.positions()
         #: Source positions reached since the last commit.
         self.positions: Positions = {}
@@ -99,7 +101,15 @@ class Pipeline:
 
     def apply(self, change: Change, prune: bool = True) -> Affected:
         """Join stage: update the state, mark every view key the change may alter."""
-        affected = self.engine.apply(change, prune=prune)
+        return self._mark(self.engine.apply(change, prune=prune))
+
+    def redo(self, change: Change) -> Affected:
+        """A change the state already holds (a replay below the store's position): mark
+        every view key that depends on its row in the current state, in every view that
+        reads its table; the state is left as it is."""
+        return self._mark(self.engine.affected(change.table, change.key))
+
+    def _mark(self, affected: Affected) -> Affected:
         self._changes += 1
         for view in self.views:
             keys = affected.keys_for(view)
@@ -110,7 +120,8 @@ class Pipeline:
     def _decode(self, rec: RawRecord) -> Change | DeadLetter:
         decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
         tp = (rec.topic, rec.partition)
-        self.positions[tp] = rec.offset + 1
+        # A replayed record does not move the store's position back.
+        self.positions[tp] = max(rec.offset + 1, self.replay_until.get(tp, 0))
         if isinstance(decoded, DecodeFailure):
             return DeadLetter(rec, decoded.reason)
         return decoded
@@ -126,8 +137,10 @@ class Pipeline:
             log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         decoded.reason)
             return decoded
-        replay = rec.offset < self.replay_until.get((rec.topic, rec.partition), 0)
-        self.apply(decoded, prune=not replay)
+        if rec.offset < self.replay_until.get((rec.topic, rec.partition), 0):
+            self.redo(decoded)
+        else:
+            self.apply(decoded)
         return None
 
     def restore(self, rec: RawRecord) -> bool:

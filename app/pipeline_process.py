@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -54,10 +56,20 @@ def topic_tables(settings: Settings) -> dict[str, SourceTable]:
     return {settings.topic(t): t for t in SOURCE_TABLES}
 
 
-def open_store(settings: Settings) -> StateStore:
-    if settings.worker_store == "rocksdb":
-        return RocksStore(settings.worker_dir() / "state")
-    return MemoryStore()
+def open_store(settings: Settings, wait_s: float = 60.0) -> StateStore:
+    """The configured store. A RocksDB directory still locked by the pipeline process of a
+    worker that was just killed (it finishes its last write, then exits) is waited for."""
+    if settings.worker_store != "rocksdb":
+        return MemoryStore()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return RocksStore(settings.worker_dir() / "state")
+        except Exception as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            log.warning("state store is still locked by another process; waiting (%s)", exc)
+            time.sleep(0.5)
 
 
 class DeadLetterProducer:
@@ -287,6 +299,7 @@ def _child_main(settings: Settings, conn: Connection) -> None:
 
 
 async def _serve(settings: Settings, conn: Connection) -> None:
+    parent = os.getppid()
     parts = Components(settings)
     try:
         await parts.prepare()
@@ -307,6 +320,11 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                 if len(records) >= MERGE_RECORDS or not conn.poll():
                     break
                 msg = conn.recv()
+            if os.getppid() != parent:
+                # The worker died: nothing of these batches can be acknowledged any more,
+                # its successor replays them. Stop at once instead of draining the pipe.
+                log.info("the worker is gone; pipeline process exits")
+                return
             if records:
                 await parts.loop.handle(records, _reporter(conn, seqs, parts.loop))
         await parts.loop.drain()

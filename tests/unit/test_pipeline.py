@@ -172,9 +172,12 @@ def test_a_restarted_pipeline_replays_over_a_state_ahead_of_the_views() -> None:
     first.process(records)  # state committed; the views never got these rows
     again = Pipeline(Decoder(DictSchemas(), TOPICS), store)
     assert again.replay_until == {("p.product.categories", 0): 1, ("p.product.products", 0): 3}
-    result = again.process(records)
+    result = again.process(records[:2])  # a replay of the first records only
+    # redone from the current state: the latest price at once, never the older row
     assert result.views["order.product_view"].upserts[10]["price"] == Decimal("1.00")
     assert 10 in result.views["purchase.product_view"].upserts  # not pruned: a replay
+    # the store's position does not move back to the replayed records'
+    assert store.positions() == again.replay_until
 
 
 def test_restore_plan_reads_only_what_the_store_lacks() -> None:
