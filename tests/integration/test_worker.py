@@ -148,19 +148,25 @@ def test_random_workload_with_worker_crash_converges(
     _workload_with_crash(product_db, consumer_dbs, worker)
 
 
-def test_random_workload_with_crash_converges_with_rocksdb_state(
+@pytest.mark.parametrize("variant", [
+    # the memory store rebuilds its state from the compacted source topics (app.restore)
+    {"VIEWSYNC_WORKER_STORE": "memory"},
+    # the batch loop inside the worker process instead of a child process
+    {"VIEWSYNC_PIPELINE_PROCESS": "false"},
+], ids=["memory-store-restored-from-source-topics", "pipeline-in-worker-process"])
+def test_random_workload_with_crash_converges_in_other_configurations(
     product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, variant: dict[str, str],
 ) -> None:
-    """The same with the RocksDB state store, whose local copy survives the SIGKILL.
+    """The same workload and SIGKILL with the other store and the other process layout.
     (The session worker is stopped first: one writer per view row.)"""
     worker.stop()
-    rocks = WorkerProcess(tmp_path_factory.mktemp("rocks"), VIEWSYNC_WORKER_STORE="rocksdb")
-    rocks.start()
+    other = WorkerProcess(tmp_path_factory.mktemp("variant"), **variant)
+    other.start()
     try:
-        _workload_with_crash(product_db, consumer_dbs, rocks)
+        _workload_with_crash(product_db, consumer_dbs, other)
     finally:
-        rocks.stop()
+        other.stop()
         worker.start()
 
 
