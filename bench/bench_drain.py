@@ -96,6 +96,22 @@ class Burst:
         self.lo, self.hi = product_ids(env.source)
         self.n_products = n_products
         self.n_batches = n_batches
+        self._before: dict[str, dict[int, tuple[object, ...]]] = {}
+        #: View rows the last burst changed (known for moves; see ``rows``).
+        self.moved_rows = 0
+
+    def prepare(self, kind: str) -> None:
+        """Untimed work before a burst: a move needs the views as they are."""
+        if kind == "move":
+            self._before = expected_views(self.env.source)
+
+    def rows(self, kind: str, changes: int) -> int:
+        """View rows a burst of ``kind`` changes."""
+        if kind == "price":
+            return changes
+        if kind == "rename":
+            return changes * 2 + self.n_batches
+        return self.moved_rows
 
     def price(self, rnd: int) -> tuple[int, Callable[[Worker], bool]]:
         price = f"{1000 + rnd}.25"
@@ -132,6 +148,9 @@ class Burst:
                 conn.execute(sa.text("UPDATE categories SET parent_id = :p WHERE id = :i"),
                              {"p": new, "i": int(cid)})
         want = expected_views(self.env.source)
+        self.moved_rows = sum(
+            1 for name, rows in want.items() for k, row in rows.items()
+            if self._before.get(name, {}).get(k) != row)
 
         def visible(w: Worker) -> bool:
             return not diff_views(want, actual_views(w.dbs))
@@ -207,8 +226,8 @@ def main() -> int:
     variants: list[Worker] = []
     lines: list[str] = []
     #: (burst, variant) -> per round: changes, seconds to visible, differences, seconds
-    #: until the whole burst was in Kafka
-    drain: dict[tuple[str, str], list[tuple[int, float, int, float]]] = {}
+    #: until the whole burst was in Kafka, view rows changed
+    drain: dict[tuple[str, str], list[tuple[int, float, int, float, int]]] = {}
     steady_rows: list[str] = []
     try:
         t0 = time.monotonic()
@@ -236,6 +255,7 @@ def main() -> int:
                     for other in variants:
                         if other is not w:
                             other.pause()
+                    burst.prepare(kind)
                     hw = marks.total()
                     t0 = time.monotonic()
                     changes, visible = getattr(burst, kind)(rnd * 10 + variants.index(w))
@@ -247,11 +267,11 @@ def main() -> int:
                              f"{w.name}: {kind} burst", poll=0.02)
                     secs = time.monotonic() - t0
                     diffs = exact(env, w)
-                    rows = {"price": changes, "rename": changes * 2 + n_batches,
-                            "move": 0}[kind]
+                    rows = burst.rows(kind, changes)
                     drain.setdefault((kind, w.name), []).append(
-                        (changes, secs, diffs, t_kafka - t0))
-                    log(f"round {rnd} {kind} {w.name}: {changes} changes (commits took "
+                        (changes, secs, diffs, t_kafka - t0, rows))
+                    log(f"round {rnd} {kind} {w.name}: {changes} changes, {rows} view rows "
+                        "(commits took "
                         f"{t_commit:.1f}s, all in Kafka after {t_kafka - t0:.2f}s), "
                         f"visible after {secs:.2f}s = "
                         f"{changes / secs:,.0f} changes/s, {rows / secs:,.0f} view rows/s, "
@@ -296,16 +316,20 @@ def main() -> int:
         "measurement is followed by a row-by-row comparison with the reference join.", "",
         *lines, "",
         "## Bursts (median of rounds)", "",
-        "| burst | variant | changes | all in Kafka after s (median) | visible after s "
-        "(median) | changes/s (median) | rounds | differences |",
-        "|---|---|---|---|---|---|---|---|",
+        "| burst | variant | changes | view rows changed | all in Kafka after s (median) | "
+        "visible after s (median) | changes/s (median) | view rows/s (median) | rounds | "
+        "differences |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, name), runs in drain.items():
         secs = statistics.median(r[1] for r in runs)
         rate = statistics.median(r[0] / r[1] for r in runs)
+        row_rate = statistics.median(r[4] / r[1] for r in runs)
         kafka = statistics.median(r[3] for r in runs)
-        out.append(f"| {kind} | {name} | {runs[0][0]:,} | {kafka:.2f} | {secs:.2f} | "
-                   f"{rate:,.0f} | {len(runs)} | {sum(r[2] for r in runs)} |")
+        rows = statistics.median(r[4] for r in runs)
+        out.append(f"| {kind} | {name} | {runs[0][0]:,} | {rows:,.0f} "
+                   f"| {kafka:.2f} | {secs:.2f} | {rate:,.0f} | {row_rate:,.0f} | {len(runs)} | "
+                   f"{sum(r[2] for r in runs)} |")
     if any(k == "move" for k, _n in drain):
         out += ["", "The `move` check recomputes the reference join of the whole catalogue "
                 "before its first poll, so its time is an upper bound (at 12,700 products the "
