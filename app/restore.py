@@ -112,7 +112,6 @@ async def restore(bootstrap: str, group: str, topics: Sequence[str], pipeline: P
                 left = max(todo.records - applied, 0)
                 log.info("restoring: %d records, %.0f/s, about %d left (~%.0fs)",
                          applied, rate, left, left / rate if rate else 0.0)
-        pipeline.commit()
         log.info("state store restored: %d records in %.1fs", applied, time.monotonic() - t0)
         return applied
     finally:
