@@ -2,11 +2,14 @@
 # viewsync: the two commands a newcomer needs, from a clean clone on a fresh machine.
 #
 #   ./run.sh demo    set up everything, start the stack, load sample data, run the worker
-#   ./run.sh test    set up everything, start the stack, run lint, types and all tests
+#   ./run.sh test    set up everything, start the tests' own stack, run lint, types and
+#                    all tests
 #
 # Both bootstrap what they need: the Python virtualenv in .venv/, Debian packages (MariaDB,
 # PostgreSQL) and the Java components from Maven Central (cached in ~/.m2). Re-running is
-# safe: every step is idempotent.
+# safe: every step is idempotent. The tests run on a stack instance of their own (own state
+# directory and ports: `viewsync stack --instance test status`), so `./run.sh test` leaves
+# the demo stack exactly as it was.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,6 +23,7 @@ need() {
 }
 
 setup() {
+  local instance=("$@")
   need java "Java 17+ runs Kafka, Connect and the schema registry"
   need mvn "Maven fetches Kafka, Debezium and Apicurio from Maven Central"
   need "$PYTHON" "Python 3.11"
@@ -31,8 +35,8 @@ setup() {
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
   fi
-  log "stack (Kafka, Connect + Debezium, registry, MariaDB x2, PostgreSQL)"
-  .venv/bin/viewsync stack up
+  log "stack ${instance[*]} (Kafka, Connect + Debezium, registry, MariaDB x2, PostgreSQL)"
+  .venv/bin/viewsync stack "${instance[@]}" up
 }
 
 case "${1:-}" in
@@ -52,7 +56,7 @@ with e.connect() as c: print(c.execute(sa.text("SELECT COUNT(*) FROM products"))
     exec .venv/bin/viewsync worker
     ;;
   test)
-    setup
+    setup --instance test
     log "ruff"
     .venv/bin/ruff check .
     log "mypy --strict"

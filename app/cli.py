@@ -19,8 +19,11 @@ EXIT_FAILED = 1
 
 
 def cmd_stack(args: argparse.Namespace, s: Settings) -> int:
+    from app.stack.instances import instance_overrides
     from app.stack.manager import Stack
 
+    if args.instance:
+        s = load_settings(args.config, **instance_overrides(args.instance))
     stack = Stack(s)
     if args.action == "up":
         stack.up(connector=not args.no_connector)
@@ -73,6 +76,8 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app.stack.instances import INSTANCES
+
     p = argparse.ArgumentParser(
         prog="viewsync",
         description="Real-time denormalized views of the Product database in every "
@@ -82,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     st = sub.add_parser("stack", help="run the local stack (Kafka, Connect, registry, DBs)")
+    st.add_argument(
+        "--instance", choices=sorted(INSTANCES),
+        help="a stack of its own (state directory and ports): 'test' is the one the tests "
+        "use, 'bench' the benches'; default: your stack")
     st_sub = st.add_subparsers(dest="action", required=True)
     up = st_sub.add_parser("up", help="install, start, health-check and bootstrap (idempotent)")
     up.add_argument("--no-connector", action="store_true", help="do not register the connector")

@@ -39,6 +39,8 @@ def build_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.bootstrap()}",
+        # Faust's own files live with the worker's state, not in the current directory.
+        datadir=str(settings.worker_dir() / "faust"),
         topic_partitions=1,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",

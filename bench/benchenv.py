@@ -1,6 +1,9 @@
-"""What every end-to-end bench shares: its own databases, connector, topics and workers.
+"""What every end-to-end bench shares: its own stack, databases, connector, topics and workers.
 
-A bench never touches the stack's own data: :class:`BenchEnv` creates a tagged Product
+A bench never touches the user's stack: it runs on the ``bench`` stack instance (its own state
+directory and ports, see ``app.stack.instances``), started here when it is not running, with
+the ``production`` JVM profile unless ``VIEWSYNC_JVM_PROFILE`` says otherwise. On it,
+:class:`BenchEnv` creates a tagged Product
 database, tagged consumer databases per worker variant, a tagged connector (so tagged
 topics) and drops all of it on exit (unless ``keep``). Workers run as real
 ``viewsync worker`` processes, from this checkout or from another one (``repo``), so that
@@ -28,8 +31,15 @@ from app.connectors import ConnectClient  # noqa: E402
 from app.settings import Settings, load_settings  # noqa: E402
 from app.sink import create_view_tables  # noqa: E402
 from app.stack.components import SQL_DIR  # noqa: E402
+from app.stack.instances import instance_env  # noqa: E402
 from app.stack.manager import Stack, ensure_source_topics  # noqa: E402
 from tests.integration.worker_process import WorkerProcess  # noqa: E402
+
+# Everything below (settings, workers, subprocesses) sees the bench instance only.
+_env = instance_env("bench")
+_env.setdefault("VIEWSYNC_JVM_PROFILE", "production")
+os.environ.clear()
+os.environ.update(_env)
 
 
 def log(msg: str) -> None:
@@ -78,7 +88,8 @@ class BenchEnv:
         self.stack = Stack(self.base)
         down = [n for n, _p, _pid, ok in self.stack.status() if not ok]
         if down:
-            raise SystemExit(f"stack components down: {', '.join(down)} (run: viewsync stack up)")
+            log(f"bench stack ({self.base.state_dir}): starting {', '.join(down)}")
+            self.stack.up()
         self.keep = keep
         # A bench stopped with SIGTERM still drops what it created (the finally blocks run).
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -1,6 +1,10 @@
-"""Fixtures for tests against the real stack (``viewsync stack up``).
+"""Fixtures for tests against the real stack: the ``test`` stack instance.
 
-Nothing here starts a fake: a component that is not running fails the test with its name.
+The tests never touch the user's stack: this module points every setting and every
+subprocess at the ``test`` instance (its own state directory and ports, see
+``app.stack.instances``; ``viewsync stack --instance test status`` shows it), and the
+``stack`` fixture starts it when it is not running. Nothing here starts a fake: a component
+that does not come up fails the test with its name and why.
 The worker under test runs as a real ``viewsync worker`` process with a fresh consumer group
 and fresh state tables, so it reads every source topic from the beginning.
 """
@@ -17,12 +21,18 @@ import pytest
 import sqlalchemy as sa
 
 from app.settings import Settings, load_settings
-from app.stack.manager import Stack
+from app.stack.instances import instance_env
+from app.stack.manager import Stack, StackError
 from tests.integration.reference import Views, actual_views, diff_views, expected_views
 from tests.integration.worker_process import WorkerProcess as BaseWorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERGE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_CONVERGE_TIMEOUT", "120"))
+
+# From here on, settings and subprocesses see the test instance and nothing else.
+_env = instance_env("test")
+os.environ.clear()
+os.environ.update(_env)
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +45,12 @@ def stack(settings: Settings) -> Stack:
     st = Stack(settings)
     down = [f"{name} (port {port})" for name, port, _pid, ok in st.status() if not ok]
     if down:
-        pytest.fail(
-            "the real stack is required and these components are not answering: "
-            + ", ".join(down)
-            + ". Start it with `viewsync stack up` (the test command ./run.sh test does).",
-            pytrace=False,
-        )
+        try:
+            st.up()
+        except StackError as exc:
+            pytest.fail(
+                f"the real test stack ({settings.state_dir}) is required and could not start "
+                f"{', '.join(down)}: {exc}", pytrace=False)
     return st
 
 

@@ -1,0 +1,64 @@
+"""Named stack instances: the same stack on its own state directory and ports.
+
+The user's stack (the demo, their own experiments) is the default instance. The tests run on
+the ``test`` instance and the benches on the ``bench`` instance, so that nothing a test or a
+bench does (seeded catalogues, killed servers, a purged binlog) ever reaches the user's data.
+An instance is nothing but settings: ``<default state dir>-<name>`` and every port shifted by
+the instance's offset, so ``viewsync stack --instance test status`` (or the environment from
+:func:`instance_env`) names all of it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings
+
+#: Port offsets of the named instances (the default instance is offset 0).
+INSTANCES: dict[str, int] = {"test": 20_000, "bench": 30_000}
+
+#: Settings fields that are ports of the stack.
+PORT_FIELDS = ("product_db_port", "purchase_db_port", "order_db_port", "kafka_port",
+               "kafka_controller_port", "connect_port", "registry_port")
+
+#: Endpoint settings that would point away from the instance; an instance derives them.
+ENDPOINT_FIELDS = ("source_url", "order_db_url", "purchase_db_url", "kafka_bootstrap",
+                   "schema_registry_url", "connect_url")
+
+
+def instance_overrides(name: str) -> dict[str, Any]:
+    """Settings values of instance ``name`` (``ValueError`` for an unknown name)."""
+    if name not in INSTANCES:
+        raise ValueError(f"unknown stack instance {name!r}; one of: {', '.join(INSTANCES)}")
+    offset = INSTANCES[name]
+    base = Settings.model_fields
+    values: dict[str, Any] = {f: int(base[f].default) + offset for f in PORT_FIELDS}
+    state_default = base["state_dir"].default_factory
+    assert state_default is not None
+    default_dir = Path(state_default())  # type: ignore[call-arg]
+    values["state_dir"] = default_dir.with_name(f"{default_dir.name}-{name}")
+    for f in ENDPOINT_FIELDS:
+        values[f] = None
+    return values
+
+
+def instance_env(name: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process that must use instance ``name`` and nothing else.
+
+    Every setting of ``environ`` (default: this process's environment) that could point at
+    another stack is dropped: the ``VIEWSYNC_<FIELD>`` variables of :class:`Settings` and
+    ``VIEWSYNC_CONFIG_FILE``, except ``VIEWSYNC_JVM_PROFILE`` and ``VIEWSYNC_LOG_LEVEL``.
+    Other ``VIEWSYNC_*`` variables (knobs of the tests and benches) stay.
+    """
+    env = dict(os.environ if environ is None else environ)
+    keep = {"jvm_profile", "log_level"}
+    drop = {f"VIEWSYNC_{f.upper()}" for f in Settings.model_fields if f not in keep}
+    drop.add("VIEWSYNC_CONFIG_FILE")
+    for key in drop:
+        env.pop(key, None)
+    for field, value in instance_overrides(name).items():
+        if value is not None:
+            env[f"VIEWSYNC_{field.upper()}"] = str(value)
+    return env
