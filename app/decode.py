@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import fastavro
+from fastavro.read import SchemaResolutionError
 
 from app.changes import SOURCE_TABLES, Change, Op, SourceTable
 
@@ -115,9 +116,17 @@ class Decoder:
             raise ValueError(f"{part} is not in the registry wire format (magic byte, schema id)")
         (schema_id,) = struct.unpack(">I", data[1:5])
         writer = self._writer(schema_id)
-        record = fastavro.schemaless_reader(
-            io.BytesIO(data[5:]), writer, self._reader_for(schema_id, table, part)
-        )
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[5:]), writer, self._reader_for(schema_id, table, part)
+            )
+        except SchemaResolutionError as exc:
+            name = writer.get("name", writer.get("type")) if isinstance(writer, dict) else writer
+            cause = str(exc)
+            raise ValueError(
+                f"{part} was written with schema id {schema_id} ({name}), which does not read "
+                f"as the {table} {part} contract: "
+                f"{cause if len(cause) <= 200 else cause[:200] + '…'}") from None
         if not isinstance(record, dict):
             raise ValueError(f"{part} is not an Avro record")
         return record

@@ -34,6 +34,10 @@ log = logging.getLogger("viewsync.sink")
 #: Rows per statement; keeps statements well under packet/parameter limits.
 CHUNK = 1000
 
+#: A view's VARCHAR column widened past this many characters becomes TEXT (MariaDB counts
+#: every VARCHAR of a row against a 64 KiB row limit; TEXT is stored off-row).
+MAX_VARCHAR = 2048
+
 
 class SinkUnavailable(Exception):
     """A consumer database cannot be reached now; the same write may succeed later."""
@@ -85,8 +89,13 @@ class PostgresDialect:
 
     def upsert(self, table: sa.Table, key: str) -> sa.Executable:
         pg: sa.engine.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-        arrays = ", ".join(
-            f"CAST(:{c.name} AS {c.type.compile(dialect=pg)}[])" for c in table.columns)
+
+        def array_type(c: sa.Column[Any]) -> str:
+            # An explicit cast to VARCHAR(n) truncates silently in PostgreSQL: text goes in
+            # as TEXT and the column's own type checks the length (see ``_fit``).
+            return "TEXT" if isinstance(c.type, sa.String) else c.type.compile(dialect=pg)
+
+        arrays = ", ".join(f"CAST(:{c.name} AS {array_type(c)}[])" for c in table.columns)
         quoted = ", ".join(f'"{c.name}"' for c in table.columns)
         updates = ", ".join(f'"{c.name}" = EXCLUDED."{c.name}"' for c in table.columns
                             if c.name != key)
@@ -199,6 +208,7 @@ class ConsumerSink:
                          for v in self.views}
         self._deletes = {v.name: self._dialect.delete(self.tables[v.name], v.key)
                          for v in self.views}
+        self._widths: dict[str, dict[str, int]] = {}
 
     @property
     def dialect(self) -> str:
@@ -212,11 +222,59 @@ class ConsumerSink:
         todo = [(v, b) for v in self.views if (b := batches.get(v.name)) is not None and len(b)]
         if not todo:
             return 0
+        for view, batch in todo:
+            if batch.upserts:
+                self._fit(view, batch)
         n = 0
         with self.engine.begin() as conn:
             for view, batch in todo:
                 n += self._write_view(conn, view, batch)
         return n
+
+    def _varchar_widths(self, view: ViewDef) -> dict[str, int]:
+        """The view table's VARCHAR columns and their widths as the database has them now
+        (a column widened before a restart stays wide)."""
+        if view.name not in self._widths:
+            cols = sa.inspect(self.engine).get_columns(view.table)
+            self._widths[view.name] = {
+                str(c["name"]): int(length) for c in cols
+                if isinstance(c["type"], sa.String) and not isinstance(c["type"], sa.Text)
+                and (length := getattr(c["type"], "length", None)) is not None}
+        return self._widths[view.name]
+
+    def _fit(self, view: ViewDef, batch: ViewBatch) -> None:
+        """Widen a VARCHAR column of the view table that a value of ``batch`` does not fit.
+
+        The source widened the column (a Product-service migration): the view follows,
+        instead of failing the batch forever. DDL runs outside the write transaction
+        (MariaDB commits implicitly on DDL).
+        """
+        widths = self._varchar_widths(view)
+        if not widths:
+            return
+        for col, width in list(widths.items()):
+            longest = max((len(v) for r in batch.upserts.values()
+                           if isinstance(v := r[col], str)), default=0)
+            if longest <= width:
+                continue
+            new = max(longest, 2 * width)
+            target = f"VARCHAR({new})" if new <= MAX_VARCHAR else "TEXT"
+            nullable = self.tables[view.name].c[col].nullable
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text(
+                        f'ALTER TABLE "{view.table}" ALTER COLUMN "{col}" TYPE {target}'))
+                else:
+                    conn.execute(sa.text(
+                        f"ALTER TABLE `{view.table}` MODIFY `{col}` {target}"
+                        f"{'' if nullable else ' NOT NULL'}"))
+            log.warning("%s.%s: column %s widened from VARCHAR(%d) to %s for a %d-character "
+                        "value (the source column was widened)", self.consumer, view.table,
+                        col, width, target, longest)
+            if new <= MAX_VARCHAR:
+                widths[col] = new
+            else:
+                del widths[col]
 
     def _write_view(self, conn: Connection, view: ViewDef, batch: ViewBatch) -> int:
         if batch.deletes:

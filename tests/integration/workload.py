@@ -110,7 +110,8 @@ class Workload:
         pid = self._id()
         cat = self.rng.choice(list(self.m.categories))
         w = self.rng.choice([None, *sorted(self.m.warranties)])
-        self._x(conn, "INSERT INTO products VALUES (:i, :s, :n, :c, :w, :u, :pr, :st)", i=pid,
+        self._x(conn, "INSERT INTO products (id, sku, name, category_id, warranty_type_id, "
+                "unit, price, status) VALUES (:i, :s, :n, :c, :w, :u, :pr, :st)", i=pid,
                 s=f"S{pid}", n=self._word(), c=cat, w=w, u="pcs",
                 pr=Decimal(self.rng.randint(1, 10**9)) / 100, st="active")
         self.m.products[pid] = (cat, w)

@@ -180,3 +180,15 @@ def test_a_writer_row_with_an_extra_column_is_resolved_to_the_contract(
     out = dec.decode("p.product.products", key(schemas, "products", 2**40), encode(w, 998, env))
     assert not isinstance(out, DecodeFailure)
     assert out.after == PRODUCT
+
+
+def test_valid_avro_of_another_schema_is_a_failure_naming_the_schema(
+    schemas: DictSchemas) -> None:
+    other = {"type": "record", "name": "Other", "namespace": "x",
+             "fields": [{"name": "x", "type": "string"}]}
+    schemas.by_id[777] = json.dumps(other)
+    dec = Decoder(schemas, TOPICS)
+    out = dec.decode("p.product.products", key(schemas, "products", 5),
+                     encode(other, 777, {"x": "hello"}))
+    assert isinstance(out, DecodeFailure)
+    assert "schema id 777 (x.Other)" in out.reason and "products value contract" in out.reason
