@@ -55,6 +55,13 @@ def cmd_connectors(args: argparse.Namespace, s: Settings) -> int:
         print(json.dumps(client.status(), indent=2))
     elif args.action == "delete":
         print(f"{client.name}: {'deleted' if client.delete() else 'was not registered'}")
+    elif args.action == "resnapshot":
+        from app.resnapshot import resnapshot
+
+        result = resnapshot(s, timeout=args.timeout)
+        print(json.dumps({"snapshot_records": result.snapshot_records,
+                          "tombstones": result.tombstones,
+                          "seconds": round(result.seconds, 1)}))
     elif args.action == "restart":
         client.restart()
         client.wait_running(timeout=args.timeout)
@@ -111,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                            ("delete", "remove the connector (topics and offsets stay)")):
         a = co_sub.add_parser(name, help=helptext)
         a.add_argument("--timeout", type=float, default=120.0)
+    rs = co_sub.add_parser(
+        "resnapshot", help="recover from a binlog gap: a fresh snapshot, then tombstones for "
+        "the rows it no longer has (exact; idempotent; see README)")
+    rs.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds to wait for the snapshot (default 3600)")
     co.set_defaults(func=cmd_connectors)
 
     wk = sub.add_parser("worker", help="run the stream worker (decode → join → project → sink)")

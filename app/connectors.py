@@ -110,6 +110,42 @@ class ConnectClient:
         if r.status_code not in (200, 202, 204):
             raise ConnectError(f"restart of {self.name}: {r.status_code} {r.text}")
 
+    def _put_state(self, action: str) -> None:
+        r = self._req("PUT", f"/connectors/{self.name}/{action}")
+        if r.status_code not in (200, 202, 204):
+            raise ConnectError(f"{action} of {self.name}: {r.status_code} {r.text}")
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop the connector (state STOPPED: tasks shut down, offsets flushed, config kept)."""
+        self._put_state("stop")
+        self._wait_state("STOPPED", timeout)
+
+    def resume(self) -> None:
+        self._put_state("resume")
+
+    def offsets(self) -> list[dict[str, Any]]:
+        """The connector's committed source offsets (``GET /connectors/{name}/offsets``)."""
+        r = self._req("GET", f"/connectors/{self.name}/offsets")
+        if r.status_code != 200:
+            raise ConnectError(f"GET offsets of {self.name}: {r.status_code} {r.text}")
+        return list(r.json().get("offsets", []))
+
+    def reset_offsets(self) -> None:
+        """Forget where the connector was (it must be STOPPED): its next start snapshots."""
+        r = self._req("DELETE", f"/connectors/{self.name}/offsets")
+        if r.status_code not in (200, 202, 204):
+            raise ConnectError(f"reset offsets of {self.name}: {r.status_code} {r.text}")
+
+    def _wait_state(self, state: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = self.status()
+            if last["connector"]["state"] == state and not last.get("tasks"):
+                return
+            time.sleep(0.5)
+        raise ConnectError(f"connector {self.name} not {state} within {timeout:.0f}s: {last}")
+
     def wait_running(self, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the connector and all its tasks are RUNNING; fail fast on FAILED."""
         deadline = time.monotonic() + timeout

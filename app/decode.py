@@ -139,6 +139,14 @@ class Decoder:
             out[col] = fn(out.get(col))
         return out
 
+    def snapshot_marker(self, topic: str, value: bytes) -> str | None:
+        """Debezium's ``source.snapshot`` of a change record (``"first"``, ``"true"``,
+        ``"last"``, …; ``None``/``"false"`` while streaming). For recovery tools."""
+        table = self._topic_tables[topic]
+        source = self._read(value, table, "value").get("source") or {}
+        marker = source.get("snapshot")
+        return str(marker) if marker is not None else None
+
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> Change | DecodeFailure:
         table = self._topic_tables.get(topic)
         if table is None:

@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test or bench process that started it dies, however it
+    dies. An orphaned worker would go on writing the views of the next run (two writers)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 class WorkerProcess:
@@ -25,6 +36,7 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker"], cwd=self.repo, env=self.env,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def kill(self) -> None:
