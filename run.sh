@@ -43,14 +43,16 @@ case "${1:-}" in
   demo)
     setup
     products=${VIEWSYNC_DEMO_PRODUCTS:-1000}
+    # The demo catalogue's SKUs are SKU-<id>: seed it unless it is there (other rows, say
+    # from your own experiments, do not count).
     have=$(.venv/bin/python -c 'import sqlalchemy as sa; from app.settings import load_settings
 e = sa.create_engine(load_settings().product_url())
-with e.connect() as c: print(c.execute(sa.text("SELECT COUNT(*) FROM products")).scalar())')
+with e.connect() as c: print(c.execute(sa.text("SELECT COUNT(*) FROM products WHERE sku LIKE :p"), {"p": "SKU-%"}).scalar())')
     if [ "$have" = "0" ]; then
       log "sample data: $products products"
       .venv/bin/viewsync demo seed --products "$products"
     else
-      log "sample data: the Product database already has $have products"
+      log "sample data: the demo catalogue is there ($have products)"
     fi
     log "worker (Ctrl-C stops it cleanly); views: order.product_view, purchase.product_view, purchase.batch_view"
     exec .venv/bin/viewsync worker
