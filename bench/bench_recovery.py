@@ -42,6 +42,9 @@ def main() -> int:
     ap.add_argument("--down-for", type=float, default=3.0,
                     help="seconds a killed component stays down (default 3)")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--connector-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a connector setting (e.g. the previous "
+                    "connect.keep.alive.interval.ms=60000, for a before/after run)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "reports" / "recovery.md")
     args = ap.parse_args()
@@ -55,7 +58,7 @@ def main() -> int:
     results: dict[str, list[tuple[float, float]]] = {c: [] for c in wanted}
     failures: list[str] = []
     try:
-        env.start_connector()
+        env.start_connector(dict(kv.split("=", 1) for kv in args.connector_set))
         w.start()
         wl = Workload(env.source, seed=11)
         wl.run(200)
@@ -126,7 +129,8 @@ def write_report(args: argparse.Namespace, results: dict[str, list[tuple[float, 
                  failures: list[str]) -> None:
     lines = [
         "# Recovery after SIGKILL of each component", "",
-        f"`bench/bench_recovery.py --rounds {args.rounds} --down-for {args.down_for}` on "
+        f"`bench/bench_recovery.py --rounds {args.rounds} --down-for {args.down_for}"
+        + "".join(f" --connector-set {kv}" for kv in args.connector_set) + "` on "
         f"{platform.machine()}, {os.cpu_count()} CPUs, the `bench` stack instance (JVM profile "
         f"`{os.environ.get('VIEWSYNC_JVM_PROFILE', 'production')}`), one worker. A seeded "
         "random workload on all four tables; the component is killed right after a burst, "

@@ -102,11 +102,14 @@ class BenchEnv:
                                     + (SQL_DIR / "product.sql").read_text())
         self.settings: Settings = load_settings(
             source_database=tag, topic_prefix=tag, connector_name=f"{tag}-source")
-        self.source = sa.create_engine(self.settings.product_url())
+        self.source = sa.create_engine(self.settings.product_url(), pool_pre_ping=True)
 
-    def start_connector(self) -> None:
+    def start_connector(self, overrides: dict[str, str] | None = None) -> None:
+        """Register the bench's connector (``connectors/product-source.json``, with
+        ``overrides`` of its config for a before/after comparison)."""
         ensure_source_topics(self.settings)
         client = ConnectClient(self.settings)
+        client.config.update(overrides or {})
         client.apply()
         client.wait_running(timeout=120)
 
@@ -132,7 +135,8 @@ class BenchEnv:
             VIEWSYNC_WORKER_ID=f"{db}-worker",
             VIEWSYNC_WORKER_DATA_DIR=str(self.tmp / name), **env)
         w = Worker(name, s, full_env, repo, self.tmp / f"{name}.log",
-                   dbs={c: sa.create_engine(s.consumer_url(c)) for c in ("order", "purchase")})
+                   dbs={c: sa.create_engine(s.consumer_url(c), pool_pre_ping=True)
+                        for c in ("order", "purchase")})
         self.workers.append(w)
         return w
 
