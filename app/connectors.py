@@ -11,14 +11,15 @@ import json
 import re
 import time
 import zlib
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import httpx
 
+from app.resources import bundled
 from app.settings import Settings
 
-CONNECTORS_DIR = Path(__file__).resolve().parent.parent / "connectors"
+CONNECTORS_DIR = bundled("connectors")
 SOURCE_CONFIG = CONNECTORS_DIR / "product-source.json"
 
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([a-z_]+)\}")
@@ -28,7 +29,7 @@ class ConnectError(Exception):
     """The Connect REST API refused or the connector failed; the message says why."""
 
 
-def render(path: Path, settings: Settings) -> tuple[str, dict[str, str]]:
+def render(path: Traversable, settings: Settings) -> tuple[str, dict[str, str]]:
     """Fill a connector file's placeholders; return (name, config)."""
     values = {
         "connector_name": settings.connector_name,
@@ -50,12 +51,12 @@ def render(path: Path, settings: Settings) -> tuple[str, dict[str, str]]:
             raise ConnectError(f"{path}: unknown placeholder {{{key}}}")
         return values[key]
 
-    doc = json.loads(_PLACEHOLDER.sub(sub, path.read_text()))
+    doc = json.loads(_PLACEHOLDER.sub(sub, path.read_text(encoding="utf-8")))
     return str(doc["name"]), {k: str(v) for k, v in doc["config"].items()}
 
 
 class ConnectClient:
-    def __init__(self, settings: Settings, config_path: Path = SOURCE_CONFIG) -> None:
+    def __init__(self, settings: Settings, config_path: Traversable = SOURCE_CONFIG) -> None:
         self.settings = settings
         self.base = settings.connect()
         self.name, self.config = render(config_path, settings)

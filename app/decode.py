@@ -16,15 +16,15 @@ import json
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 import fastavro
 from fastavro.read import SchemaResolutionError
 
 from app.changes import SOURCE_TABLES, Change, Op, SourceTable
+from app.resources import bundled
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = bundled("schemas")
 MAGIC = 0
 EPOCH = dt.date(1970, 1, 1)
 _OPS: frozenset[str] = frozenset({"c", "u", "d", "r"})
@@ -58,7 +58,8 @@ class DecodeFailure:
 
 def contract(table: SourceTable, part: str) -> dict[str, Any]:
     """The contract (reader) schema of one table's ``key`` or ``value``."""
-    return cast(dict[str, Any], json.loads((SCHEMAS_DIR / f"{table}.{part}.avsc").read_text()))
+    text = (SCHEMAS_DIR / f"{table}.{part}.avsc").read_text(encoding="utf-8")
+    return cast(dict[str, Any], json.loads(text))
 
 
 def _converters(record_schema: Mapping[str, Any]) -> dict[str, Callable[[Any], Any]]:

@@ -31,30 +31,41 @@ STATUSES = ["active"] * 8 + ["discontinued", "draft"]
 
 
 class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """A progress bar on stderr (rich, on a terminal) or plain lines every 10% (a log)."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done = label, total, 0
         self.t0 = time.monotonic()
         self.tty = sys.stderr.isatty()
         self._last = -1
+        self._bar: Any = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(TextColumn(f"  {label:<14}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=Console(stderr=True),
+                            transient=True)
+            self._task = self._bar.add_task(label, total=total)
+            self._bar.start()
 
     def add(self, n: int) -> None:
         self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+            return
         pct = int(100 * self.done / max(self.total, 1))
-        if self.tty:
-            bar = "#" * (pct // 4)
-            print(f"\r  {self.label:<10} [{bar:<25}] {pct:3d}% {self.done}/{self.total}",
-                  end="", file=sys.stderr, flush=True)
-        elif pct // 10 != self._last // 10 or self.done >= self.total:
-            print(f"  {self.label}: {self.done}/{self.total} ({pct}%)", file=sys.stderr, flush=True)
+        if pct // 10 != self._last // 10 or self.done >= self.total:
+            print(f"  {self.label}: {self.done}/{self.total} ({pct}%)", file=sys.stderr,
+                  flush=True)
         self._last = pct
 
     def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
         secs = time.monotonic() - self.t0
         rate = self.done / secs if secs > 0 else 0.0
-        if self.tty:
-            print(file=sys.stderr)
         print(f"  ✓ {self.label}: {self.done} rows in {secs:.1f}s ({rate:,.0f} rows/s)",
               file=sys.stderr, flush=True)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from app.changes import SOURCE_TABLES
 from app.connectors import ConnectClient, ConnectError
-from app.decode import Decoder, RegistrySchemas
+from app.decode import DecodeFailure, Decoder, RegistrySchemas
 from app.settings import Settings
 
 log = logging.getLogger("viewsync.resnapshot")
@@ -142,7 +142,11 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
                 latest[key] = (off, value is None)
 
         _scan(settings, topic, 0, ends[topic], remember)
-        gone = [k for k, (off, deleted) in latest.items() if off < before[topic] and not deleted]
+        # Keys that are not a row's key (poison records, already dead-lettered) are left
+        # alone: a tombstone for them would only be dead-lettered again.
+        gone = [k for k, (off, deleted) in latest.items()
+                if off < before[topic] and not deleted
+                and not isinstance(decoder.decode(topic, k, None), DecodeFailure)]
         for key in gone:
             producer.produce(topic, key=key, value=None)
             producer.poll(0)

@@ -1,6 +1,6 @@
 """An independent reference for the three views: the contract's join over the source tables.
 
-Written against shared/CONTRACT.md only (it does not use app.join or app.project): the four
+Written against schemas/CONTRACT.md only (it does not use app.join or app.project): the four
 tables are read in one consistent snapshot, category paths are built top-down from the roots
 (app.project walks bottom-up), and a product is visible only when its category has a path.
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import fastavro
 import pytest
@@ -67,3 +69,50 @@ def test_registry_answers_unknown_id_and_outage_differently(stack: Stack,
         RegistrySchemas(settings.registry_url()).schema_text(987_654_321)
     with pytest.raises(SchemaUnavailable):
         RegistrySchemas("http://127.0.0.1:9/apis/ccompat/v7").schema_text(1)
+
+
+def _schemas_check(*args: str) -> tuple[int, dict[str, object]]:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "app.cli", "schemas", "check", "--json", *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    return r.returncode, json.loads(r.stdout)
+
+
+def _with_columns(schema: dict[str, object], keep: Callable[[str], bool],
+                  extra: list[dict[str, object]]) -> dict[str, object]:
+    """The products value schema with its row image's columns filtered and extended."""
+    doc = json.loads(json.dumps(schema))
+    row = doc["fields"][0]["type"][1]
+    row["fields"] = [f for f in row["fields"] if keep(f["name"])] + extra
+    return doc
+
+
+@pytest.mark.usefixtures("source_events")
+def test_schemas_check_passes_on_the_registry_and_catches_a_breaking_migration(
+    stack: Stack, settings: Settings, tmp_path: Path,
+) -> None:
+    rc, out = _schemas_check()
+    assert rc == 0, out
+    assert len(out["checks"]) == 8  # type: ignore[arg-type]
+
+    client = SchemaRegistryClient({"url": settings.registry_url()})
+    current = json.loads(client.get_latest_version(
+        f"{settings.topic('products')}-value").schema.schema_str)
+    breaking = tmp_path / "breaking.avsc"
+    breaking.write_text(json.dumps(_with_columns(current, lambda n: n != "sku", [])))
+    additive = tmp_path / "additive.avsc"
+    additive.write_text(json.dumps(_with_columns(current, lambda n: True, [
+        {"name": "colour", "type": ["null", "string"], "default": None}])))
+
+    rc, out = _schemas_check("--no-registry", f"products.value={additive}")
+    assert rc == 0, out
+    rc, out = _schemas_check("--no-registry", f"products.value={breaking}",
+                             f"products.value={additive}")
+    assert rc == 1, out
+    checks = out["checks"]
+    assert isinstance(checks, list)
+    assert not checks[0]["ok"] and "sku" in checks[0]["problem"], checks[0]
+    assert checks[1]["ok"]

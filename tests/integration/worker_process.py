@@ -23,18 +23,21 @@ def _die_with_parent() -> None:
 
 
 class WorkerProcess:
-    """``python -m app.cli worker`` from ``repo`` with ``env``, output appended to ``log``."""
+    """``python -m app.cli worker`` from ``repo`` with ``env``, output appended to ``log``
+    (or ``argv`` in ``repo``: an installed ``viewsync worker``, say)."""
 
-    def __init__(self, env: dict[str, str], log: Path, repo: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], log: Path, repo: Path = ROOT,
+                 argv: list[str] | None = None) -> None:
         self.env = env
         self.log = log
         self.repo = repo
+        self.argv = argv or [sys.executable, "-m", "app.cli", "worker"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"], cwd=self.repo, env=self.env,
+                self.argv, cwd=self.repo, env=self.env,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
