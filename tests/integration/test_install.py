@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.conftest import ROOT, WorkerProcess, wait_live
+from tests.integration.conftest import ROOT, wait_live
+from tests.integration.conftest import WorkerProcess as SessionWorker
+from tests.integration.worker_process import WorkerProcess
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 600) -> str:
@@ -64,19 +66,19 @@ def test_installed_cli_help(installed: Path, tmp_path: Path) -> None:
 
 def test_installed_worker_starts_and_serves_the_views(
     installed: Path, tmp_path: Path, product_db: sa.Engine,
-    consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
+    consumer_dbs: dict[str, sa.Engine], worker: SessionWorker,
 ) -> None:
     """The installed worker (its own consumer group and data directory) decodes with the
     contracts it carries and writes a live change to both consumer databases. (The session
     worker is stopped meanwhile: one writer per view row.)"""
-    worker.stop()
     env = dict(os.environ, VIEWSYNC_WORKER_ID=f"installed-{os.getpid()}",
                VIEWSYNC_WORKER_DATA_DIR=str(tmp_path / "data"))
     env.pop("PYTHONPATH", None)
     w = WorkerProcess(env, tmp_path / "installed-worker.log", repo=tmp_path,
                       argv=[str(installed / "bin" / "viewsync"), "worker"])
-    w.start()
+    worker.stop()
     try:
+        w.start()
         wait_live(product_db, consumer_dbs, w)
     finally:
         w.stop()

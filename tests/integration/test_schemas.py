@@ -107,10 +107,10 @@ def test_schemas_check_passes_on_the_registry_and_catches_a_breaking_migration(
     additive.write_text(json.dumps(_with_columns(current, lambda n: True, [
         {"name": "colour", "type": ["null", "string"], "default": None}])))
 
-    rc, out = _schemas_check("--no-registry", f"products.value={additive}")
+    rc, out = _schemas_check("--no-registry", "--proposed", f"products.value={additive}")
     assert rc == 0, out
-    rc, out = _schemas_check("--no-registry", f"products.value={breaking}",
-                             f"products.value={additive}")
+    rc, out = _schemas_check("--no-registry", "--proposed", f"products.value={breaking}",
+                             "--proposed", f"products.value={additive}")
     assert rc == 1, out
     checks = out["checks"]
     assert isinstance(checks, list)
