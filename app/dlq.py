@@ -81,7 +81,12 @@ def _read(settings: Settings, topic: str, starts: dict[int, int]) -> Iterator[
             return
         c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         while todo:
-            for m in c.consume(1000, timeout=1.0):
+            msgs = c.consume(1000, timeout=1.0)
+            if not msgs:  # offsets may have gaps (compaction, transaction markers)
+                for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
+                    if tp.offset >= ends[tp.partition]:
+                        todo.discard(tp.partition)
+            for m in msgs:
                 if m.error():
                     continue
                 p, off = m.partition(), m.offset()

@@ -103,8 +103,11 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     say("resuming it: a fresh snapshot of the Product database")
     client.resume()
 
+    # Finished when the connector's committed offset no longer says "snapshot": Connect
+    # commits a source offset only once every record before it is acknowledged, so by then
+    # the whole snapshot is in Kafka. (Its last record, marked ``snapshot=last``, says the
+    # same a moment earlier when it is still the newest record of its topic.)
     deadline = time.monotonic() + timeout
-    seen = dict(before)
     done = False
     while not done:
         if time.monotonic() > deadline:
@@ -122,11 +125,10 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
                 nonlocal done
                 if value is not None and decoder.snapshot_marker(topic, value) in _DONE_MARKERS:
                     done = True
-            _scan(settings, topic, seen[topic], ends[topic], check)
-            seen[topic] = ends[topic]
+            _scan(settings, topic, max(before[topic], ends[topic] - 1), ends[topic], check)
         done = done or _offsets_say_streaming(client)
         say("  snapshot: " + ", ".join(
-            f"{t.rsplit('.', 1)[1]} {seen[t] - before[t]:,}" for t in topics))
+            f"{t.rsplit('.', 1)[1]} {ends[t] - before[t]:,}" for t in topics))
 
     say("snapshot finished; stopping the connector to find the rows it no longer has")
     client.stop()
