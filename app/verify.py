@@ -115,19 +115,9 @@ class Verifier:
             last = hi
 
     def _products(self, ids: set[int]) -> dict[int, Row]:
-        out: dict[int, Row] = {}
-        ordered = sorted(ids)
-        for i in range(0, len(ordered), 1000):
-            part = ordered[i:i + 1000]
-            with self.source.connect() as conn:
-                rows = conn.execute(sa.text(
-                    "SELECT id, sku, name, category_id, warranty_type_id, unit, price, status "
-                    "FROM products WHERE id IN :ids").bindparams(
-                        sa.bindparam("ids", expanding=True)), {"ids": part}).mappings()
-                for row in rows:
-                    out[row["id"]] = dict(row)
-        self.rows_read += len(out)
-        return out
+        rows = self._by_keys(self.source, f"SELECT {_COLS['products']} FROM products "
+                             "WHERE id IN :ids", sorted(ids))
+        return {r["id"]: r for r in rows}
 
     def _by_keys(self, engine: sa.Engine, sql: str, keys: list[int]) -> list[Row]:
         out: list[Row] = []

@@ -85,7 +85,8 @@ def main() -> int:
             f"`bench/bench_verify.py --products {args.products} --chunk {args.chunk}` on "
             f"{platform.machine()}, {os.cpu_count()} CPUs, the `bench` stack instance; "
             "`viewsync verify --json` as a subprocess, workers stopped (nothing in flight); "
-            "peak RSS is the verify process's own (`getrusage`), time includes its start.", "",
+            "peak RSS is the verify process's own high-water mark (`VmHWM`); time includes "
+            "its start.", "",
             "| case | view rows checked | time | rows/s | peak RSS | result |",
             "|---|---|---|---|---|---|", *lines, ""])
         args.out.write_text(text)
