@@ -19,12 +19,11 @@ reason, as a new entry.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import cast
 
 from app.changes import SOURCE_TABLES
 from app.settings import Settings
+from app.topic_range import end_offsets, partitions, read_range
 
 _SOURCE = re.compile(r"^(?P<topic>.+)\[(?P<partition>\d+)\]@(?P<offset>\d+)$")
 
@@ -55,64 +54,20 @@ class ReplayResult:
     skipped: list[tuple[DeadLetter, str]] = field(default_factory=list)
 
 
-def _partitions(settings: Settings, topic: str) -> list[int]:
-    from confluent_kafka.admin import AdminClient
-
-    md = AdminClient({"bootstrap.servers": settings.bootstrap()}).list_topics(topic, timeout=30)
-    t = md.topics.get(topic)
-    if t is None or t.error is not None:
-        return []
-    return sorted(t.partitions)
-
-
-def _read(settings: Settings, topic: str, starts: dict[int, int]) -> Iterator[
-        tuple[int, int, int, bytes | None, bytes | None, dict[str, bytes]]]:
-    """(partition, offset, timestamp ms, key, value, headers) of every record of ``topic``
-    from ``starts`` to the end as of now."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-dlq-reader",
-                  "enable.auto.commit": False})
-    try:
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                for p in starts}
-        todo = {p for p in starts if starts[p] < ends[p]}
-        if not todo:
-            return
-        c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
-        while todo:
-            msgs = c.consume(1000, timeout=1.0)
-            if not msgs:  # offsets may have gaps (compaction, transaction markers)
-                for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
-                    if tp.offset >= ends[tp.partition]:
-                        todo.discard(tp.partition)
-            for m in msgs:
-                if m.error():
-                    continue
-                p, off = m.partition(), m.offset()
-                if p not in todo or off is None or off >= ends[p]:
-                    continue
-                hdrs = cast(list[tuple[str, bytes | None]], m.headers() or [])
-                yield (p, off, m.timestamp()[1], m.key(), m.value(),
-                       {k: v for k, v in hdrs if v is not None})
-                if off >= ends[p] - 1:
-                    todo.discard(p)
-    finally:
-        c.close()
-
-
 def dead_letters(settings: Settings, since: dict[int, int] | None = None) -> list[DeadLetter]:
     """Every dead letter (from ``since`` per partition), oldest first."""
+    return _dead_letters(settings, since, None)
+
+
+def _dead_letters(settings: Settings, since: dict[int, int] | None,
+                  ends: dict[int, int] | None) -> list[DeadLetter]:
     topic = settings.dead_letter_topic
-    starts = {p: (since or {}).get(p, 0) for p in _partitions(settings, topic)}
-    out = []
-    for p, off, ts, key, value, headers in _read(settings, topic, starts):
-        out.append(DeadLetter(
-            partition=p, offset=off, timestamp_ms=ts,
-            reason=headers.get("viewsync.reason", b"").decode(errors="replace"),
-            source=headers.get("viewsync.source", b"").decode(errors="replace"),
-            key=key, value=value))
-    return out
+    starts = {p: (since or {}).get(p, 0) for p in partitions(settings, topic)}
+    return [DeadLetter(
+        partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms,
+        reason=r.headers.get("viewsync.reason", b"").decode(errors="replace"),
+        source=r.headers.get("viewsync.source", b"").decode(errors="replace"),
+        key=r.key, value=r.value) for r in read_range(settings, topic, starts, ends)]
 
 
 def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
@@ -124,12 +79,13 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
     c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": group,
                   "enable.auto.commit": False})
     try:
-        parts = _partitions(settings, topic)
+        parts = partitions(settings, topic)
         committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=30)
         since = {tp.partition: max(tp.offset, 0) for tp in committed}
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                for p in parts}
-        todo = dead_letters(settings, since)
+        # The same ends for reading and for the commit: a dead letter that arrives meanwhile
+        # is left for the next replay.
+        ends = end_offsets(settings, topic, parts)
+        todo = _dead_letters(settings, since, ends)
         sources = {settings.topic(t) for t in SOURCE_TABLES}
         candidates: list[tuple[DeadLetter, tuple[str, int, int]]] = []
         origins: set[tuple[str, int, int]] = set()
@@ -176,7 +132,7 @@ def _latest_offsets(settings: Settings, candidates: list[tuple[DeadLetter, tuple
         start[(src, part)] = min(start.get((src, part), off), off)
     out: dict[tuple[str, int, bytes], int] = {}
     for (src, part), keys in wanted.items():
-        for p, off, _ts, key, _v, _h in _read(settings, src, {part: start[(src, part)]}):
-            if key in keys:
-                out[(src, p, key)] = off
+        for r in read_range(settings, src, {part: start[(src, part)]}):
+            if r.key in keys:
+                out[(src, r.partition, r.key)] = r.offset
     return out

@@ -31,6 +31,7 @@ from app.changes import SOURCE_TABLES
 from app.connectors import ConnectClient, ConnectError
 from app.decode import DecodeFailure, Decoder, RegistrySchemas
 from app.settings import Settings
+from app.topic_range import end_offsets, read_range
 
 log = logging.getLogger("viewsync.resnapshot")
 
@@ -45,44 +46,7 @@ class ResnapshotResult:
 
 
 def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-resnapshot",
-                  "enable.auto.commit": False})
-    try:
-        return {t: max(c.get_watermark_offsets(TopicPartition(t, 0), timeout=30)[1], 0)
-                for t in topics}
-    finally:
-        c.close()
-
-
-def _scan(settings: Settings, topic: str, start: int, end: int,
-          on_record: Callable[[int, bytes | None, bytes | None], None]) -> None:
-    """Call ``on_record(offset, key, value)`` for every record of ``topic`` in [start, end)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    if start >= end:
-        return
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-resnapshot",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        c.assign([TopicPartition(topic, 0, start)])
-        while True:
-            msgs = c.consume(5000, timeout=1.0)
-            for m in msgs:
-                if m.error():
-                    continue
-                off = m.offset()
-                if off is not None and off < end:
-                    on_record(off, m.key(), m.value())
-                if off is not None and off >= end - 1:
-                    return
-            lo_hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-            pos = c.position([TopicPartition(topic, 0)])[0].offset
-            if pos >= min(end, lo_hi[1]):
-                return
-    finally:
-        c.close()
+    return {t: end_offsets(settings, t, [0])[0] for t in topics}
 
 
 def resnapshot(settings: Settings, timeout: float = 3600.0,
@@ -120,12 +84,11 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
             raise ConnectError(f"connector {client.name} FAILED during the snapshot: {failed[0]}")
         ends = _end_offsets(settings, topics)
         for topic in topics:
-            def check(_off: int, _key: bytes | None, value: bytes | None, topic: str = topic
-                      ) -> None:
-                nonlocal done
-                if value is not None and decoder.snapshot_marker(topic, value) in _DONE_MARKERS:
+            newest = {0: max(before[topic], ends[topic] - 1)}
+            for r in read_range(settings, topic, newest, {0: ends[topic]}):
+                if r.value is not None and (
+                        decoder.snapshot_marker(topic, r.value) in _DONE_MARKERS):
                     done = True
-            _scan(settings, topic, max(before[topic], ends[topic] - 1), ends[topic], check)
         done = done or _offsets_say_streaming(client)
         say("  snapshot: " + ", ".join(
             f"{t.rsplit('.', 1)[1]} {ends[t] - before[t]:,}" for t in topics))
@@ -137,13 +100,9 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
                          "enable.idempotence": True})
     for topic, table in zip(topics, SOURCE_TABLES, strict=True):
         latest: dict[bytes, tuple[int, bool]] = {}
-
-        def remember(off: int, key: bytes | None, value: bytes | None,
-                     latest: dict[bytes, tuple[int, bool]] = latest) -> None:
-            if key is not None:
-                latest[key] = (off, value is None)
-
-        _scan(settings, topic, 0, ends[topic], remember)
+        for r in read_range(settings, topic, {0: 0}, {0: ends[topic]}):
+            if r.key is not None:
+                latest[r.key] = (r.offset, r.value is None)
         # Keys that are not a row's key (poison records, already dead-lettered) are left
         # alone: a tombstone for them would only be dead-lettered again.
         gone = [k for k, (off, deleted) in latest.items()

@@ -1,0 +1,81 @@
+"""Read a range of a Kafka topic, outside any consumer group: the one reader the operator
+commands share (``dlq``, ``connectors resnapshot``). The worker's own reading is Faust's,
+and its restore (``app.restore``) feeds the pipeline in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import cast
+
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def partitions(settings: Settings, topic: str) -> list[int]:
+    """The topic's partitions (none when it does not exist)."""
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient({"bootstrap.servers": settings.bootstrap()}).list_topics(topic, timeout=30)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        return []
+    return sorted(t.partitions)
+
+
+def end_offsets(settings: Settings, topic: str, parts: list[int]) -> dict[int, int]:
+    """The next offset of each partition of ``parts``, as of now."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-reader",
+                  "enable.auto.commit": False})
+    try:
+        return {p: max(c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1], 0)
+                for p in parts}
+    finally:
+        c.close()
+
+
+def read_range(settings: Settings, topic: str, starts: dict[int, int],
+               ends: dict[int, int] | None = None) -> Iterator[Record]:
+    """Every record of ``topic`` from ``starts`` (per partition) up to ``ends`` (default: the
+    end as of the call), in offset order per partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    if ends is None:
+        ends = end_offsets(settings, topic, list(starts))
+    todo = {p for p in starts if starts[p] < ends[p]}
+    if not todo:
+        return
+    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-reader",
+                  "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
+        while todo:
+            msgs = c.consume(5000, timeout=1.0)
+            if not msgs:  # offsets may have gaps (compaction, transaction markers)
+                for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
+                    if tp.offset >= ends[tp.partition]:
+                        todo.discard(tp.partition)
+            for m in msgs:
+                if m.error():
+                    continue
+                p, off = m.partition(), m.offset()
+                if p not in todo or off is None or off >= ends[p]:
+                    continue
+                hdrs = cast(list[tuple[str, bytes | None]], m.headers() or [])
+                yield Record(p, off, m.timestamp()[1], m.key(), m.value(),
+                             {k: v for k, v in hdrs if v is not None})
+                if off >= ends[p] - 1:
+                    todo.discard(p)
+    finally:
+        c.close()
