@@ -43,6 +43,7 @@ def render(path: Traversable, settings: Settings) -> tuple[str, dict[str, str]]:
         "source_database": settings.source_database,
         "kafka_bootstrap": settings.bootstrap(),
         "registry_native_url": settings.registry_native_url(),
+        "source_partitions": str(settings.source_partitions),
     }
 
     def sub(m: re.Match[str]) -> str:

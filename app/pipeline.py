@@ -33,17 +33,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.changes import Change
 from app.decode import DecodeFailure, Decoder, SchemaUnavailable
 from app.join import Affected, JoinEngine
 from app.project import ViewBatch, project_many
 from app.retry import calling, retry
+from app.shards import Claim, Progress, behind, in_shards
 from app.sink import SinkUnavailable, ViewSink
 from app.state import Positions, StateStore
-from app.views import VIEWS, ViewDef
+from app.views import VIEWS, Grain, ViewDef
 
 log = logging.getLogger("viewsync.pipeline")
 
@@ -71,6 +73,8 @@ class BatchResult:
     #: Records in the batch, and the source positions the batch reached.
     records: int = 0
     positions: Positions = field(default_factory=dict)
+    #: Every position of the state store once the batch was applied: what its rows reflect.
+    state: Positions = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -81,16 +85,21 @@ class Pipeline:
     """Accumulates a batch: ``add`` each record in order, then ``take_batch`` and ``commit``.
 
     Rows are projected once per dirty key when the batch is taken (a key changed many times
-    in one batch is written once, with its latest state).
+    in one batch is written once, with its latest state), and only the rows of the
+    ``active`` shards (``app.shards``; all of them when not given: one worker alone).
     """
 
     def __init__(self, decoder: Decoder, store: StateStore,
-                 views: Sequence[ViewDef] = VIEWS) -> None:
+                 views: Sequence[ViewDef] = VIEWS, shards: int = 1,
+                 active: Iterable[int] | None = None) -> None:
         self.decoder = decoder
         self.store = store
         self.state = store.state
         self.views = tuple(views)
         self.engine = JoinEngine(self.state)
+        self.shards = shards
+        #: The shards whose rows this pipeline projects.
+        self.active: set[int] = set(range(shards) if active is None else active)
         #: Where the state store stood when this pipeline started: records below it are
         #: already in the state, and are redone (:meth:`redo`) rather than applied.
         self.replay_until: Positions = store.positions()
@@ -153,16 +162,60 @@ class Pipeline:
         return True
 
     def take_batch(self) -> tuple[dict[str, ViewBatch], int]:
-        """Project stage: the rows to write for everything applied since the last call."""
+        """Project stage: the rows of the active shards to write for everything applied
+        since the last call."""
+        active = frozenset(self.active)
+        dirty = {name: in_shards(keys, self.shards, active)
+                 for name, keys in self._dirty.items()}
+        self._dirty = {v.name: set() for v in self.views}
+        changes, self._changes = self._changes, 0
+        return self._project(dirty), changes
+
+    def _project(self, dirty: Mapping[str, Iterable[int]]) -> dict[str, ViewBatch]:
         out: dict[str, ViewBatch] = {}
         memo: dict[int, str | None] = {}
         for view in self.views:
-            keys = self._dirty[view.name]
+            keys = dirty.get(view.name)
             if keys:
                 out[view.name] = project_many(self.state, view, keys, memo)
-            self._dirty[view.name] = set()
-        changes, self._changes = self._changes, 0
-        return out, changes
+        return out
+
+    def redo_shard(self, records: Iterable[RawRecord], shard: int) -> dict[str, ViewBatch]:
+        """The rows of ``shard`` that ``records`` (already in the state) may have changed,
+        projected from the current state: what a new owner writes for the records its
+        predecessor may not have written (see ``app.shards``)."""
+        dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
+        only = frozenset((shard,))
+        for rec in records:
+            decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
+            if isinstance(decoded, DecodeFailure):
+                continue  # dead-lettered when it was first read
+            affected = self.engine.affected(decoded.table, decoded.key)
+            for view in self.views:
+                keys = affected.keys_for(view)
+                if keys:
+                    dirty[view.name] |= in_shards(keys, self.shards, only)
+        return self._project(dirty)
+
+    def shard_keys(self, view: ViewDef, shard: int) -> Iterator[int]:
+        """Every key of ``view`` in ``shard`` that the state has a source row for."""
+        table = self.state.store("batches" if view.grain is Grain.BATCH else "products")
+        for key in table:
+            if key % self.shards == shard:
+                yield key
+
+    def rebuild_shard(self, shard: int, chunk: int = 20_000
+                      ) -> Iterator[dict[str, ViewBatch]]:
+        """Every row of ``shard`` the state has, projected, ``chunk`` keys at a time."""
+        for view in self.views:
+            keys: list[int] = []
+            for key in self.shard_keys(view, shard):
+                keys.append(key)
+                if len(keys) >= chunk:
+                    yield self._project({view.name: keys})
+                    keys = []
+            if keys:
+                yield self._project({view.name: keys})
 
     def commit(self) -> Positions:
         """Make the state applied so far durable, with the source positions it reached
@@ -182,7 +235,8 @@ class Pipeline:
         views, changes = self.take_batch()
         positions = self.commit()
         return BatchResult(views=views, dead_letters=dead, changes=changes,
-                           records=len(records), positions=positions)
+                           records=len(records), positions=positions,
+                           state=self.store.positions())
 
 
 @dataclass
@@ -204,20 +258,66 @@ class Totals:
     written: Positions = field(default_factory=dict)
 
 
+class SourceLog(Protocol):
+    """The source topics, read outside the worker's stream (a shard's takeover)."""
+
+    def read(self, start: Positions, end: Positions) -> Iterable[RawRecord]:
+        """The records of every partition of ``end`` from ``start`` (0 where absent)."""
+        ...
+
+    def ends(self) -> Positions:
+        """The end of every partition of every source topic, as of now."""
+        ...
+
+#: Seconds between two records of the shards' positions in a database the batches did not
+#: write to (a new owner redoes less).
+FLUSH_EVERY_S = 2.0
+
+
 class BatchLoop:
-    """The one batch loop: decode → state → project → commit state → write → ``done``."""
+    """The one batch loop: decode → state → project → commit state → write → ``done``.
+
+    **Shards** (``app.shards``). Without ``source`` the loop writes every row (one worker
+    alone, no claims). With it, the loop writes only the shards it was given with
+    :meth:`own` and has taken over: each gained shard is *claimed* in every consumer
+    database, then — once the state has reached the positions the shard was written up to
+    — *taken over* by writing the rows the records in between may have changed. A shard
+    never written (no positions) is *rebuilt* once the state has reached the end the source
+    topics had when it was claimed: every row the state has is written, then the rows it
+    has no source row for are deleted — so a view that already has rows is never emptied
+    by a worker whose state is still filling. Every write carries the loop's claims and
+    records its shards' positions; a shard lost is first drained (its rows in flight are
+    written) and its positions recorded, so that the next owner has nothing to redo.
+    """
 
     def __init__(
         self,
         pipeline: Pipeline,
         sink: ViewSink,
         send_dead_letter: Callable[[DeadLetter], Awaitable[None]],
+        source: SourceLog | None = None,
+        owner: str = "viewsync",
     ) -> None:
         self.pipeline = pipeline
         self.sink = sink
         self.send_dead_letter = send_dead_letter
+        self.source = source
+        self.owner = owner
         self.totals = Totals()
         self._inflight: asyncio.Task[None] | None = None
+        #: Shards given by :meth:`own`; claimed and waiting for the state; taken over.
+        self.owned: frozenset[int] = frozenset()
+        self.pending: dict[int, Claim] = {}
+        #: For a claimed shard never written: the source's end when it was claimed.
+        self._rebuild_at: dict[int, Positions] = {}
+        self.epochs: dict[int, Mapping[str, int]] = {}
+        self._flushed = 0.0
+        if source is not None:
+            pipeline.active.clear()
+
+    @property
+    def sharded(self) -> bool:
+        return self.source is not None
 
     async def handle(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
         """Run one batch; ``done`` is called once its rows are committed in every consumer
@@ -232,7 +332,124 @@ class BatchLoop:
         await self.drain()
         self.totals.process_s += t1 - t0
         self.totals.wait_s += time.monotonic() - t1
-        self._inflight = asyncio.create_task(self._write(result, done))
+        self._inflight = asyncio.create_task(self._write(result, done, self._progress(result)))
+        if self.pending:
+            await self.take_over()
+
+    def _progress(self, result: BatchResult) -> Progress | None:
+        if not self.sharded:
+            return None
+        now = time.monotonic()
+        flush = now - self._flushed >= FLUSH_EVERY_S
+        if flush:
+            self._flushed = now
+        return Progress(epochs=dict(self.epochs), positions=result.state, flush=flush)
+
+    async def own(self, shards: frozenset[int]) -> None:
+        """From now on, write the rows of ``shards`` (and of no other shard)."""
+        await self.drain()
+        lost = self.owned - shards
+        if lost:
+            kept = {s: e for s, e in self.epochs.items() if s in lost}
+            if kept:  # what the next owner need not redo
+                await self._sink_write({}, Progress(epochs=kept,
+                                                    positions=self.pipeline.store.positions(),
+                                                    flush=True))
+            for s in lost:
+                self.pipeline.active.discard(s)
+                self.epochs.pop(s, None)
+                self.pending.pop(s, None)
+                self._rebuild_at.pop(s, None)
+        gained = sorted(shards - self.owned)
+        self.owned = shards
+        for shard in gained:
+            claim = self.pending[shard] = await self._claim(shard)
+            if claim.start() is None:
+                assert self.source is not None
+                self._rebuild_at[shard] = await asyncio.to_thread(self.source.ends)
+        if gained:
+            log.info("shards %s claimed (%d owned)", _ranges(gained), len(self.owned))
+        await self.take_over()
+
+    async def _claim(self, shard: int) -> Claim:
+        def claim() -> Claim:
+            return self.sink.claim(shard, self.pipeline.shards, self.owner)
+        return await retry(lambda: asyncio.to_thread(claim), SinkUnavailable,
+                           f"claiming shard {shard}")
+
+    async def take_over(self) -> None:
+        """Take over every claimed shard whose positions the state has reached."""
+        if not self.pending:
+            return
+        await self.drain()
+        state = self.pipeline.store.positions()
+        ready: dict[int, Positions | None] = {}
+        ours = self.pipeline.decoder.topics
+        for shard, claim in sorted(self.pending.items()):
+            start = claim.start()
+            if start is not None:  # positions in topics this deployment does not read: no
+                start = {tp: off for tp, off in start.items() if tp[0] in ours}
+            target = self._rebuild_at.get(shard, {}) if start is None else start
+            if not behind(state, target):
+                ready[shard] = start
+            # else the state is behind what the last owner wrote (or, for a rebuild, the
+            # source's end): not yet
+        if not ready:
+            return
+        t0 = time.monotonic()
+        # The records to redo, read once for every shard (each redoes from its own start).
+        starts = [s for s in ready.values() if s is not None]
+        records: list[RawRecord] = []
+        if starts:
+            lowest = {tp: min(s.get(tp, 0) for s in starts) for tp in state}
+            source = self.source
+            assert source is not None
+            records = await asyncio.to_thread(lambda: list(source.read(lowest, state)))
+        for shard, start in ready.items():
+            claim = self.pending.pop(shard)
+            self._rebuild_at.pop(shard, None)
+            self.epochs[shard] = claim.epochs
+            only = Progress(epochs={shard: claim.epochs})
+            if start is None:
+                how = f"rebuilt ({await self._rebuild(shard, only)} rows)"
+            else:
+                mine = [r for r in records if r.offset >= start.get((r.topic, r.partition), 0)]
+                rows = await self._sink_write(self.pipeline.redo_shard(mine, shard), only)
+                how = f"{len(mine)} records redone, {rows} rows"
+            await self._sink_write({}, Progress(epochs=only.epochs, positions=state,
+                                                flush=True))
+            self.pipeline.active.add(shard)
+            log.info("shard %d taken over: %s", shard, how)
+        log.info("%d shards taken over in %.2fs", len(ready), time.monotonic() - t0)
+
+    async def _rebuild(self, shard: int, only: Progress) -> int:
+        """Write every row of a shard never written before; delete its rows the state has
+        no source row for."""
+        rows = 0
+        for part in self.pipeline.rebuild_shard(shard):
+            rows += await self._sink_write(part, only)
+        for view in self.pipeline.views:
+            expected = set(self.pipeline.shard_keys(view, shard))
+            stale = await self._keys(view, shard) - expected
+            if stale:
+                rows += await self._sink_write({view.name: ViewBatch(deletes=stale)}, only)
+        return rows
+
+    async def _keys(self, view: ViewDef, shard: int) -> set[int]:
+        def keys() -> set[int]:
+            return self.sink.keys(view, shard, self.pipeline.shards)
+        return await retry(lambda: asyncio.to_thread(keys), SinkUnavailable,
+                           f"reading {view.name}")
+
+    async def _sink_write(self, views: Mapping[str, ViewBatch], progress: Progress) -> int:
+        return await retry(lambda: asyncio.to_thread(self.sink.write, views, progress),
+                           SinkUnavailable, "sink write")
+
+    async def close(self) -> None:
+        """Finish the write in flight and record the shards' positions."""
+        await self.drain()
+        if self.sharded and self.epochs:
+            await self.own(frozenset())
 
     async def drain(self) -> None:
         """Wait for the write in flight (its error, if any, is raised here)."""
@@ -240,10 +457,11 @@ class BatchLoop:
         if task is not None:
             await task
 
-    async def _write(self, result: BatchResult, done: Callable[[], None]) -> None:
+    async def _write(self, result: BatchResult, done: Callable[[], None],
+                     progress: Progress | None) -> None:
         t0 = time.monotonic()
-        if result.rows:
-            await retry(lambda: asyncio.to_thread(self.sink.write, result.views),
+        if result.rows or (progress is not None and progress.flush):
+            await retry(lambda: asyncio.to_thread(self.sink.write, result.views, progress),
                         SinkUnavailable, "sink write")
         self.totals.write_s += time.monotonic() - t0
         for dl in result.dead_letters:
@@ -256,3 +474,14 @@ class BatchLoop:
         t.dead += len(result.dead_letters)
         t.written.update(result.positions)
         done()
+
+
+def _ranges(shards: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    out: list[str] = []
+    for s in sorted(shards):
+        if out and out[-1].split("-")[-1] == str(s - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{s}"
+        else:
+            out.append(str(s))
+    return ",".join(out)

@@ -13,7 +13,9 @@ process runs one core at a time, so by default the work is split over two proces
 Both sides talk over a pipe: ``("batch", seq, records)`` in; ``("done", [seq, …], totals)``
 when those batches are in the consumer databases (and its dead letters are in Kafka), ``("ready",
 ...)`` after start-up (view tables created, state store restored), ``("error", text)`` when
-the loop fails. The pipeline process stops when told to, or when the worker dies (its end of
+the loop fails; ``("own", seq, shards)`` in and ``("owned", seq)`` back once the loop
+writes exactly those shards (``BatchLoop.own``: a shard lost is drained first).
+The pipeline process stops when told to, or when the worker dies (its end of
 the pipe closes); it ignores SIGINT/SIGTERM so that a stop of the process group does not cut
 a write in half: the worker decides.
 """
@@ -28,7 +30,7 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -41,7 +43,8 @@ from app.restore import restore
 from app.retry import retry
 from app.settings import Settings
 from app.sink import DatabaseSink, SinkUnavailable, sink_urls
-from app.state import MemoryStore, RocksStore, StateStore
+from app.state import MemoryStore, Positions, RocksStore, StateStore
+from app.topic_range import end_offsets, partitions, read_range
 
 log = logging.getLogger("viewsync.pipeline")
 
@@ -111,6 +114,31 @@ class DeadLetterProducer:
             raise RuntimeError(f"dead letter not delivered to {self.topic} within 30s")
 
 
+class KafkaSource:
+    """:class:`~app.pipeline.SourceLog` over the source topics (``app.topic_range``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = tuple(topic_tables(settings))
+
+    def read(self, start: Positions, end: Positions) -> Iterator[RawRecord]:
+        topics: dict[str, dict[int, int]] = {}
+        for (topic, part), off in end.items():
+            topics.setdefault(topic, {})[part] = off
+        for topic, ends in topics.items():
+            starts = {p: start.get((topic, p), 0) for p in ends}
+            for r in read_range(self.settings, topic, starts, ends):
+                yield RawRecord(topic, r.partition, r.offset, r.key, r.value)
+
+    def ends(self) -> Positions:
+        out: Positions = {}
+        for topic in self.topics:
+            for part, off in end_offsets(self.settings, topic,
+                                         partitions(self.settings, topic)).items():
+                out[(topic, part)] = off
+        return out
+
+
 class Components:
     """Everything the batch loop needs, built from the settings; closed together."""
 
@@ -119,10 +147,13 @@ class Components:
         self.store = open_store(settings)
         self.topics = topic_tables(settings)
         self.pipeline = Pipeline(
-            Decoder(RegistrySchemas(settings.registry_url()), self.topics), self.store)
+            Decoder(RegistrySchemas(settings.registry_url()), self.topics), self.store,
+            shards=settings.shards)
         self.sink = DatabaseSink(sink_urls(settings))
         self.dead_letters = DeadLetterProducer(settings)
-        self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send)
+        self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send,
+                              source=KafkaSource(settings),
+                              owner=settings.member_name())
 
     async def prepare(self) -> None:
         """Create the view tables (waiting while a consumer DB is down); bring the state
@@ -130,7 +161,7 @@ class Components:
         await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
                     "creating the view tables")
         await asyncio.to_thread(self.dead_letters.ensure_topic)
-        await restore(self.settings.bootstrap(), self.settings.worker_id,
+        await restore(self.settings.bootstrap(), self.settings.data_group(),
                       tuple(self.topics), self.pipeline)
 
     def close(self) -> None:
@@ -151,6 +182,11 @@ class PipelineHost(Protocol):
 
     def totals(self) -> Totals: ...
 
+    async def own(self, shards: frozenset[int]) -> None:
+        """Write the rows of ``shards`` from now on, and of no other shard; returns once a
+        shard lost has no write in flight."""
+        ...
+
     async def close(self) -> None:
         """Finish the batches handed over, then stop."""
         ...
@@ -165,6 +201,7 @@ class InProcess:
     def __init__(self, settings: Settings) -> None:
         self.parts = Components(settings)
         self.on_failure: Callable[[BaseException], None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         asyncio.get_event_loop().run_until_complete(self.parts.prepare())
@@ -175,9 +212,16 @@ class InProcess:
     def totals(self) -> Totals:
         return self.parts.loop.totals
 
+    async def own(self, shards: frozenset[int]) -> None:
+        if not self._closed:
+            await self.parts.loop.own(shards)
+
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
-            await self.parts.loop.drain()
+            await self.parts.loop.close()
         finally:
             self.parts.close()
 
@@ -202,6 +246,7 @@ class ChildProcess:
         self._totals = Totals()
         self._closed: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
+        self._owning: dict[int, asyncio.Future[None]] = {}
         self.on_failure: Callable[[BaseException], None] | None = None
 
     def start(self) -> None:
@@ -231,6 +276,10 @@ class ChildProcess:
                         self._done.pop(seq)()
                         assert self._slots is not None
                         self._slots.release()
+                elif kind == "owned":
+                    fut = self._owning.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
                 elif kind == "closed":
                     if self._closed is not None and not self._closed.done():
                         self._closed.set_result(None)
@@ -239,6 +288,9 @@ class ChildProcess:
                     raise PipelineFailed(f"pipeline process failed: {msg[1]}")
         except Exception as exc:
             self._failure = exc
+            for fut in self._owning.values():
+                if not fut.done():
+                    fut.set_exception(exc)
             if self._closed is not None and not self._closed.done():
                 self._closed.set_exception(exc)
             if self._slots is not None:
@@ -247,9 +299,10 @@ class ChildProcess:
                 self.on_failure(exc)
 
     async def submit(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
-        if self._slots is None:
+        if self._reader is None:
             self._slots = asyncio.Semaphore(IN_FLIGHT)
             self._reader = asyncio.create_task(self._read())
+        assert self._slots is not None
         await self._slots.acquire()
         if self._failure is not None:
             raise PipelineFailed(str(self._failure)) from self._failure
@@ -260,6 +313,20 @@ class ChildProcess:
 
     def totals(self) -> Totals:
         return self._totals
+
+    async def own(self, shards: frozenset[int]) -> None:
+        if self._closed is not None or not self._proc.is_alive():
+            return
+        if self._failure is not None:
+            raise PipelineFailed(str(self._failure)) from self._failure
+        if self._reader is None:
+            self._slots = asyncio.Semaphore(IN_FLIGHT)
+            self._reader = asyncio.create_task(self._read())
+        seq, self._seq = self._seq, self._seq + 1
+        fut = asyncio.get_running_loop().create_future()
+        self._owning[seq] = fut
+        self._conn.send(("own", seq, sorted(shards)))
+        await fut
 
     async def close(self) -> None:
         try:
@@ -309,6 +376,7 @@ async def _serve(settings: Settings, conn: Connection) -> None:
             msg = await asyncio.to_thread(conn.recv)
             seqs: list[int] = []
             records: list[RawRecord] = []
+            control: tuple[Any, ...] | None = None
             while True:
                 if msg[0] == "batch":
                     _, seq, raw = msg
@@ -316,6 +384,9 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                     records += [RawRecord(*r) for r in raw]
                 elif msg[0] == "close":
                     closing = True
+                    break
+                else:  # "own": after the batches before it
+                    control = msg
                     break
                 if len(records) >= MERGE_RECORDS or not conn.poll():
                     break
@@ -327,7 +398,11 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                 return
             if records:
                 await parts.loop.handle(records, _reporter(conn, seqs, parts.loop))
-        await parts.loop.drain()
+            if control is not None:
+                _, seq, shards = control
+                await parts.loop.own(frozenset(shards))
+                conn.send(("owned", seq))
+        await parts.loop.close()
         conn.send(("closed",))
     finally:
         parts.close()

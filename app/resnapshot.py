@@ -31,7 +31,7 @@ from app.changes import SOURCE_TABLES
 from app.connectors import ConnectClient, ConnectError
 from app.decode import DecodeFailure, Decoder, RegistrySchemas
 from app.settings import Settings
-from app.topic_range import end_offsets, read_range
+from app.topic_range import end_offsets, partitions, read_range
 
 log = logging.getLogger("viewsync.resnapshot")
 
@@ -45,8 +45,13 @@ class ResnapshotResult:
     seconds: float = 0.0
 
 
-def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
-    return {t: end_offsets(settings, t, [0])[0] for t in topics}
+def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[int, int]]:
+    """Every partition's end, per topic."""
+    return {t: end_offsets(settings, t, partitions(settings, t)) for t in topics}
+
+
+def _grown(before: dict[int, int], ends: dict[int, int]) -> int:
+    return sum(ends[p] - before.get(p, 0) for p in ends)
 
 
 def resnapshot(settings: Settings, timeout: float = 3600.0,
@@ -84,14 +89,15 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
             raise ConnectError(f"connector {client.name} FAILED during the snapshot: {failed[0]}")
         ends = _end_offsets(settings, topics)
         for topic in topics:
-            newest = {0: max(before[topic], ends[topic] - 1)}
-            for r in read_range(settings, topic, newest, {0: ends[topic]}):
+            newest = {p: max(before[topic].get(p, 0), end - 1)
+                      for p, end in ends[topic].items()}
+            for r in read_range(settings, topic, newest, ends[topic]):
                 if r.value is not None and (
                         decoder.snapshot_marker(topic, r.value) in _DONE_MARKERS):
                     done = True
         done = done or _offsets_say_streaming(client)
         say("  snapshot: " + ", ".join(
-            f"{t.rsplit('.', 1)[1]} {ends[t] - before[t]:,}" for t in topics))
+            f"{t.rsplit('.', 1)[1]} {_grown(before[t], ends[t]):,}" for t in topics))
 
     say("snapshot finished; stopping the connector to find the rows it no longer has")
     client.stop()
@@ -99,22 +105,24 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     producer = Producer({"bootstrap.servers": settings.bootstrap(), "acks": "all",
                          "enable.idempotence": True})
     for topic, table in zip(topics, SOURCE_TABLES, strict=True):
-        latest: dict[bytes, tuple[int, bool]] = {}
-        for r in read_range(settings, topic, {0: 0}, {0: ends[topic]}):
+        # Per partition: a tombstone goes to the partition its key's records are in (the
+        # producer here does not hash keys as Connect's does).
+        latest: dict[tuple[int, bytes], tuple[int, bool]] = {}
+        for r in read_range(settings, topic, dict.fromkeys(ends[topic], 0), ends[topic]):
             if r.key is not None:
-                latest[r.key] = (r.offset, r.value is None)
+                latest[(r.partition, r.key)] = (r.offset, r.value is None)
         # Keys that are not a row's key (poison records, already dead-lettered) are left
         # alone: a tombstone for them would only be dead-lettered again.
-        gone = [k for k, (off, deleted) in latest.items()
-                if off < before[topic] and not deleted
+        gone = [(p, k) for (p, k), (off, deleted) in latest.items()
+                if off < before[topic].get(p, 0) and not deleted
                 and not isinstance(decoder.decode(topic, k, None), DecodeFailure)]
-        for key in gone:
-            producer.produce(topic, key=key, value=None)
+        for part, key in gone:
+            producer.produce(topic, key=key, value=None, partition=part)
             producer.poll(0)
-        result.snapshot_records[table] = ends[topic] - before[topic]
+        grown = _grown(before[topic], ends[topic])
+        result.snapshot_records[table] = grown
         result.tombstones[table] = len(gone)
-        say(f"  {table}: {ends[topic] - before[topic]:,} snapshot records, "
-            f"{len(gone):,} rows gone (tombstoned)")
+        say(f"  {table}: {grown:,} snapshot records, {len(gone):,} rows gone (tombstoned)")
     if producer.flush(120) != 0:
         raise ConnectError("could not write every tombstone to Kafka within 120 s")
     say("resuming the connector (streaming from the snapshot's binlog position)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -73,7 +74,22 @@ class Settings(BaseSettings):
     source_database: str = Field("product", pattern=r"^[A-Za-z0-9_]+$")
     connector_name: str = Field("product-source", pattern=r"^[A-Za-z0-9_.-]+$")
     dead_letter_topic: str = Field("viewsync.dead-letter", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: The deployment's name: every worker of one deployment has the same ``worker_id``;
+    #: it names the shard-lease consumer group and topic (see ``app.leases``).
     worker_id: str = Field("viewsync-worker", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: This worker process's name within the deployment (distinct per process; default:
+    #: the host name and a hash of the data directory). Names its own consumer group.
+    worker_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: How many shards the view rows are divided into (the partitions of the shard-lease
+    #: topic): the most workers that can write at once. Product rows belong to shard
+    #: ``product_id % shards``, batch rows to ``batch_id % shards``. Fixed per deployment;
+    #: ``viewsync shards reshard`` changes it (README, "Running N workers").
+    shards: int = Field(12, ge=1, le=1024)
+    #: Partitions of the products and batches topics when the connector creates them
+    #: (categories and warranty types stay at one).
+    source_partitions: int = Field(4, ge=1, le=1024)
+    #: A worker that stops heartbeating (killed, hung, cut off) loses its shards after this.
+    lease_session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
     sink_batch_size: int = Field(2000, ge=1, le=100_000)
     sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
     #: Run decode → state → project → sink in a child process of the worker, so that Faust's
@@ -86,6 +102,9 @@ class Settings(BaseSettings):
     worker_store: Literal["memory", "rocksdb"] = "rocksdb"
     #: Seconds between two progress lines of the worker (records, rows/s, lag, caught up).
     progress_interval_s: float = Field(10.0, gt=0, le=3600)
+    #: Port of the worker's Prometheus endpoint (``/metrics``) and status page; 0: off.
+    #: Distinct per worker on one host.
+    metrics_port: int = Field(0, ge=0, le=65535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
@@ -150,6 +169,28 @@ class Settings(BaseSettings):
 
     def worker_dir(self) -> Path:
         return self.worker_data_dir or (self.state_dir / "worker")
+
+    def member_name(self) -> str:
+        """This worker's name in the deployment: ``worker_name``, or the host name and a
+        hash of the data directory (distinct for every worker process on a host)."""
+        if self.worker_name:
+            return self.worker_name
+        where = hashlib.sha1(str(self.worker_dir().resolve()).encode()).hexdigest()[:8]
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())
+        return f"{host}-{where}"
+
+    def data_group(self) -> str:
+        """The worker's own consumer group for the source topics: every worker reads every
+        partition (its join state is whole), so each reads in a group of its own."""
+        return f"{self.worker_id}.{self.member_name()}"
+
+    def lease_group(self) -> str:
+        """The consumer group the workers of one deployment share: its assignment of the
+        shard-lease topic's partitions says which worker writes which shard."""
+        return f"{self.worker_id}.shards"
+
+    def lease_topic(self) -> str:
+        return f"{self.worker_id}.shards"
 
     def instance_id(self) -> str:
         """This worker process's static member id in the consumer group: stable across its

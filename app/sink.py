@@ -27,6 +27,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.project import ViewBatch
 from app.settings import Settings
+from app.shards import (
+    Claim,
+    Fenced,
+    Progress,
+    ShardCountMismatch,
+    decode_positions,
+    encode_positions,
+)
+from app.state import Positions
 from app.views import VIEWS, ColumnType, ViewDef, consumers
 
 log = logging.getLogger("viewsync.sink")
@@ -50,8 +59,21 @@ class ViewSink(Protocol):
         """Create the view tables that are missing."""
         ...
 
-    def write(self, batches: Mapping[str, ViewBatch]) -> int:
-        """Write every view's batch (one transaction per database); return rows touched."""
+    def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
+        """Write every view's batch (one transaction per database); return rows touched.
+
+        With ``progress``, each transaction first checks that the writer still holds every
+        shard it claimed (raises :class:`~app.shards.Fenced` otherwise) and records the
+        shards' positions with the rows."""
+        ...
+
+    def claim(self, shard: int, shards: int, owner: str) -> Claim:
+        """Take ``shard`` over in every database (its epoch goes up by one); return the
+        epochs and the positions its rows were written up to."""
+        ...
+
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+        """The keys of ``view``'s rows in ``shard``, as the database has them."""
         ...
 
     def close(self) -> None: ...
@@ -183,6 +205,21 @@ def view_table(view: ViewDef, metadata: sa.MetaData) -> sa.Table:
     return sa.Table(view.table, metadata, *cols)
 
 
+#: Per shard: the epoch of its owner's claim and the positions its rows are written up to.
+SHARDS_TABLE = "viewsync_shards"
+
+
+def shards_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        SHARDS_TABLE, metadata,
+        sa.Column("shard", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("shards", sa.Integer(), nullable=False),
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("positions", sa.Text(), nullable=True),
+    )
+
+
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -203,6 +240,7 @@ class ConsumerSink:
         self.metadata = sa.MetaData()
         self.views = [v for v in views if v.consumer == consumer]
         self.tables = {v.name: view_table(v, self.metadata) for v in self.views}
+        self.shards = shards_table(self.metadata)
         self._dialect = dialect_for(self.engine.dialect.name)
         self._upserts = {v.name: self._dialect.upsert(self.tables[v.name], v.key)
                          for v in self.views}
@@ -217,19 +255,78 @@ class ConsumerSink:
     def create_tables(self) -> None:
         self.metadata.create_all(self.engine, checkfirst=True)
 
-    def write(self, batches: Mapping[str, ViewBatch]) -> int:
-        """Write every view's batch in one transaction; return rows touched."""
+    def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
+        """Write every view's batch in one transaction; return rows touched.
+
+        With ``progress``: the shard rows of the writer's shards are locked first (a claim
+        waits for the transaction, and the transaction for a claim) and their epochs
+        checked, and the shards' positions are recorded with the rows — the transaction
+        runs for the positions alone when ``progress.flush`` is set."""
         todo = [(v, b) for v in self.views if (b := batches.get(v.name)) is not None and len(b)]
-        if not todo:
+        epochs = progress.for_consumer(self.consumer) if progress is not None else {}
+        record = progress is not None and bool(epochs) and (bool(todo) or progress.flush)
+        if not todo and not record:
             return 0
         for view, batch in todo:
             if batch.upserts:
                 self._fit(view, batch)
         n = 0
         with self.engine.begin() as conn:
+            if epochs:
+                self._check_epochs(conn, epochs)
             for view, batch in todo:
                 n += self._write_view(conn, view, batch)
+            if record and progress is not None and progress.positions is not None:
+                conn.execute(
+                    sa.update(self.shards).where(self.shards.c.shard.in_(sorted(epochs)))
+                    .values(positions=encode_positions(progress.positions)))
         return n
+
+    def _check_epochs(self, conn: Connection, epochs: Mapping[int, int]) -> None:
+        t = self.shards
+        rows = conn.execute(sa.select(t.c.shard, t.c.epoch, t.c.owner)
+                            .where(t.c.shard.in_(sorted(epochs)))
+                            .order_by(t.c.shard).with_for_update()).all()
+        held = {int(r.shard): (int(r.epoch), str(r.owner)) for r in rows}
+        for shard, epoch in sorted(epochs.items()):
+            now = held.get(shard)
+            if now is None or now[0] != epoch:
+                by = f"by {now[1]} (epoch {now[0]})" if now else "(no claim left)"
+                raise Fenced(f"{self.consumer}: shard {shard} was claimed {by} after this "
+                             f"worker's claim (epoch {epoch}); it no longer owns the shard")
+
+    def claim(self, shard: int, shards: int, owner: str) -> tuple[int, Positions | None]:
+        """Take ``shard`` over: its epoch goes up by one; return the new epoch and the
+        positions its rows are written up to (``None``: never written here)."""
+        t = self.shards
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    row = conn.execute(sa.select(t).where(t.c.shard == shard)
+                                       .with_for_update()).first()
+                    if row is None:
+                        conn.execute(sa.insert(t).values(shard=shard, shards=shards, epoch=1,
+                                                         owner=owner, positions=None))
+                        return 1, None
+                    if int(row.shards) != shards:
+                        raise ShardCountMismatch(
+                            f"{self.consumer}: its views are divided into {row.shards} "
+                            f"shards, this worker is configured with {shards} (VIEWSYNC_SHARDS);"
+                            f" change it with `viewsync shards reshard {shards}`")
+                    epoch = int(row.epoch) + 1
+                    conn.execute(sa.update(t).where(t.c.shard == shard)
+                                 .values(epoch=epoch, owner=owner))
+                    return epoch, decode_positions(row.positions)
+            except sa_exc.IntegrityError:  # two first claims at once: the second retries
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+        col = self.tables[view.name].c[view.key]
+        with self.engine.connect() as conn:
+            return {int(k) for (k,) in conn.execute(
+                sa.select(col).where(col % shards == shard))}
 
     def _varchar_widths(self, view: ViewDef) -> dict[str, int]:
         """The view table's VARCHAR columns and their widths as the database has them now
@@ -307,9 +404,24 @@ class DatabaseSink:
             for c in self.consumers:
                 c.create_tables()
 
-    def write(self, batches: Mapping[str, ViewBatch]) -> int:
+    def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
         with _translated("write"):
-            return sum(c.write(batches) for c in self.consumers)
+            return sum(c.write(batches, progress) for c in self.consumers)
+
+    def claim(self, shard: int, shards: int, owner: str) -> Claim:
+        epochs: dict[str, int] = {}
+        positions: dict[str, Positions | None] = {}
+        with _translated(f"claim shard {shard}"):
+            for c in self.consumers:
+                epochs[c.consumer], positions[c.consumer] = c.claim(shard, shards, owner)
+        return Claim(shard, epochs, positions)
+
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+        with _translated(f"read {view.name}"):
+            for c in self.consumers:
+                if view.name in c.tables:
+                    return c.keys(view, shard, shards)
+        raise KeyError(view.name)
 
     def close(self) -> None:
         for c in self.consumers:

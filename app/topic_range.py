@@ -61,7 +61,9 @@ def read_range(settings: Settings, topic: str, starts: dict[int, int],
     try:
         c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         while todo:
-            msgs = c.consume(5000, timeout=1.0)
+            # A short timeout: consume() waits it out unless 5000 records arrive, and a
+            # small range must not cost a second per topic.
+            msgs = c.consume(5000, timeout=0.1)
             if not msgs:  # offsets may have gaps (compaction, transaction markers)
                 for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
                     if tp.offset >= ends[tp.partition]:

@@ -28,6 +28,7 @@ import faust
 from mode.supervisors import CrashingSupervisor
 
 from app.changes import SOURCE_TABLES
+from app.leases import ShardLeases
 from app.pipeline import RawRecord
 from app.pipeline_process import PipelineHost, host_for
 from app.settings import Settings
@@ -37,7 +38,9 @@ log = logging.getLogger("viewsync.worker")
 
 def build_app(settings: Settings) -> faust.App:
     return faust.App(
-        settings.worker_id,
+        # Every worker reads every partition (its join state is whole; ``app.shards``
+        # decides which rows it writes), so each reads in a consumer group of its own.
+        settings.data_group(),
         broker=f"kafka://{settings.bootstrap()}",
         # Faust's own files live with the worker's state, not in the current directory.
         datadir=str(settings.worker_dir() / "faust"),
@@ -78,6 +81,8 @@ class Worker:
             *self.topics, key_serializer="raw", value_serializer="raw", acks=True)
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)
         self.app.timer(settings.progress_interval_s)(self._report)
+        self.leases = ShardLeases(settings, host.own)
+        self.app.task(self._leases)
         self._last = (time.monotonic(), 0)
         self._gather_s = 0.0
         self._crashing: asyncio.Future[None] | None = None
@@ -85,6 +90,14 @@ class Worker:
     def _crash(self, exc: BaseException) -> None:
         log.critical("%s; the worker stops (unwritten batches were not acknowledged)", exc)
         self._crashing = asyncio.ensure_future(self.app.crash(exc))
+
+    async def _leases(self) -> None:
+        try:
+            await self.leases.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._crash(exc)
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:
         within = self.settings.sink_max_wait_ms / 1000.0
@@ -137,10 +150,12 @@ class Worker:
             per_record = t.records / max(now - t.started, 1e-9)
             eta = f", ~{lag / per_record:.0f}s to catch up" if per_record else ""
             state = f"catching up: lag {lag} records{eta}"
-        log.info("%s | %d records, %d changes, %d view rows written (%.0f rows/s now), "
-                 "%d dead letters | %d batches; seconds gathering %.1f, processing %.1f, "
-                 "waiting for writes %.1f, writing %.1f",
-                 state, t.records, t.changes, t.rows, rate, t.dead, t.batches,
+        owned = self.leases.owned
+        log.info("%s | shards %s of %d | %d records, %d changes, %d view rows written "
+                 "(%.0f rows/s now), %d dead letters | %d batches; seconds gathering %.1f, "
+                 "processing %.1f, waiting for writes %.1f, writing %.1f",
+                 state, ",".join(map(str, sorted(owned))) or "none", self.settings.shards,
+                 t.records, t.changes, t.rows, rate, t.dead, t.batches,
                  self._gather_s, t.process_s, t.wait_s, t.write_s)
 
 

@@ -340,13 +340,14 @@ def ensure_source_topics(settings: Settings) -> list[str]:
 
     admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [settings.topic(t) for t in SOURCE_TABLES if settings.topic(t) not in existing]
+    wanted = {settings.topic(t): settings.source_partitions if t in ("products", "batches")
+              else 1 for t in SOURCE_TABLES if settings.topic(t) not in existing}
     if not wanted:
         return []
     futures = admin.create_topics([
-        NewTopic(name, num_partitions=1, replication_factor=1,
+        NewTopic(name, num_partitions=parts, replication_factor=1,
                  config={"cleanup.policy": "compact"})
-        for name in wanted
+        for name, parts in wanted.items()
     ])
     for name, fut in futures.items():
         try:
@@ -354,7 +355,7 @@ def ensure_source_topics(settings: Settings) -> list[str]:
         except Exception as exc:  # a concurrent creator is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StackError(f"could not create topic {name}: {exc}") from exc
-    return wanted
+    return list(wanted)
 
 
 def _mariadb_user_sql(s: Settings) -> str:

@@ -71,14 +71,18 @@ def consumer_dbs(stack: Stack, settings: Settings) -> Iterator[dict[str, sa.Engi
 
 
 class WorkerProcess(BaseWorkerProcess):
-    """A worker with a fresh consumer group and data directory under ``tmp``."""
+    """A worker with a fresh data directory under ``tmp``: alone in a fresh deployment, or
+    worker ``name`` of the deployment ``worker_id``."""
 
-    def __init__(self, tmp: Path, **env: str) -> None:
-        self.worker_id = f"it-{uuid.uuid4().hex[:8]}"
+    def __init__(self, tmp: Path, worker_id: str | None = None, name: str | None = None,
+                 **env: str) -> None:
+        self.worker_id = worker_id or f"it-{uuid.uuid4().hex[:8]}"
+        self.name = name or "w"
+        here = f"{self.worker_id}-{self.name}"
         super().__init__(
-            dict(os.environ, VIEWSYNC_WORKER_ID=self.worker_id,
-                 VIEWSYNC_WORKER_DATA_DIR=str(tmp / self.worker_id), **env),
-            tmp / f"{self.worker_id}.log")
+            dict(os.environ, VIEWSYNC_WORKER_ID=self.worker_id, VIEWSYNC_WORKER_NAME=self.name,
+                 VIEWSYNC_WORKER_DATA_DIR=str(tmp / here), **env),
+            tmp / f"{here}.log")
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,10 @@ from app.decode import Decoder, SchemaUnavailable
 from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
 from app.project import ViewBatch
 from app.restore import plan
+from app.shards import Claim, Fenced, Progress
 from app.sink import SinkUnavailable
-from app.state import MemoryStore, StateStore
+from app.state import MemoryStore, Positions, StateStore
+from app.views import ViewDef
 from tests.unit.debezium import TOPICS, DictSchemas, key, value
 
 CAT = {"id": 1, "parent_id": None, "code": "t", "name": "Tools"}
@@ -95,20 +97,38 @@ def test_delete_then_tombstone_removes_rows() -> None:
 
 
 class MemorySink:
-    """A :class:`~app.sink.ViewSink` in memory that can be told to be unreachable."""
+    """A :class:`~app.sink.ViewSink` in memory that can be told to be unreachable; one
+    consumer database ("db") with the shard table's claims and positions."""
 
     def __init__(self, unavailable: int = 0) -> None:
         self.rows: dict[str, dict[int, dict[str, Any]]] = {}
         self.unavailable = unavailable
         self.writes = 0
+        #: shard -> (epoch, positions)
+        self.shards: dict[int, tuple[int, Positions | None]] = {}
 
     def create_tables(self) -> None:
         pass
 
-    def write(self, batches: Mapping[str, ViewBatch]) -> int:
+    def claim(self, shard: int, shards: int, owner: str) -> Claim:
+        epoch, positions = self.shards.get(shard, (0, None))
+        self.shards[shard] = (epoch + 1, positions)
+        return Claim(shard, {"db": epoch + 1}, {"db": positions})
+
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+        return {k for k in self.rows.get(view.name, {}) if k % shards == shard}
+
+    def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
         if self.unavailable:
             self.unavailable -= 1
             raise SinkUnavailable("down")
+        if progress is not None:
+            for shard, epoch in progress.for_consumer("db").items():
+                if self.shards[shard][0] != epoch:
+                    raise Fenced(f"shard {shard}")
+            if progress.positions is not None:
+                for shard in progress.epochs:
+                    self.shards[shard] = (self.shards[shard][0], dict(progress.positions))
         self.writes += 1
         for name, b in batches.items():
             view = self.rows.setdefault(name, {})

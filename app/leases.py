@@ -1,0 +1,108 @@
+"""Shard leases: which worker of a deployment writes which shard (``app.shards``).
+
+The workers of one deployment (one ``worker_id``) share one Kafka consumer group,
+``<worker_id>.shards``, subscribed to a topic of the same name with one partition per shard
+(created on first start; nothing is ever produced to it). Kafka's group protocol is the
+lease manager: the partitions assigned to a worker are the shards it writes. A worker that
+stops cleanly leaves the group at once; one that is killed or cut off loses its shards after
+``lease_session_timeout_ms``, and the database epochs (``app.shards``) fence it if it comes
+back without knowing.
+
+The group rebalances eagerly: every member first gives up all its shards (the callback
+returns only when none of their rows is in flight and their positions are recorded), then
+receives its new ones — so a shard is never written by two workers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from app.settings import Settings
+from app.shards import ShardCountMismatch
+
+log = logging.getLogger("viewsync.leases")
+
+
+def ensure_lease_topic(settings: Settings) -> None:
+    """Create the lease topic with ``settings.shards`` partitions, or check that it has
+    that many (raise :class:`~app.shards.ShardCountMismatch`)."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    topic = settings.lease_topic()
+    meta = admin.list_topics(timeout=30).topics.get(topic)
+    if meta is None:
+        fut = admin.create_topics([NewTopic(topic, num_partitions=settings.shards)])[topic]
+        try:
+            fut.result(30)
+            log.info("lease topic %s created with %d shards", topic, settings.shards)
+            return
+        except Exception as exc:  # a worker started at the same moment made it
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        meta = admin.list_topics(timeout=30).topics.get(topic)
+    have = len(meta.partitions) if meta is not None else 0
+    if have != settings.shards:
+        raise ShardCountMismatch(
+            f"the deployment {settings.worker_id!r} has {have} shards (topic {topic}), this "
+            f"worker is configured with {settings.shards} (VIEWSYNC_SHARDS); change it for "
+            f"every worker with `viewsync shards reshard {settings.shards}`")
+
+
+class ShardLeases:
+    """Membership in the lease group; ``on_change`` is awaited with the shards this worker
+    owns after every change (an empty set first, on every rebalance)."""
+
+    def __init__(self, settings: Settings,
+                 on_change: Callable[[frozenset[int]], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.on_change = on_change
+        self.owned: frozenset[int] = frozenset()
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Join the group and stay in it until cancelled; leave it on the way out."""
+        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+        s = self.settings
+        await asyncio.to_thread(ensure_lease_topic, s)
+        leases = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: object) -> None:
+                await leases._set(frozenset())
+
+            async def on_partitions_assigned(self, assigned: object) -> None:
+                got = frozenset(tp.partition for tp in assigned  # type: ignore[attr-defined]
+                                if tp.topic == s.lease_topic())
+                await leases._set(got)
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap(), group_id=s.lease_group(),
+            client_id=s.member_name(), enable_auto_commit=False,
+            session_timeout_ms=s.lease_session_timeout_ms,
+            heartbeat_interval_ms=max(s.lease_session_timeout_ms // 6, 300),
+            rebalance_timeout_ms=120_000, auto_offset_reset="latest")
+        consumer.subscribe(topics=[s.lease_topic()], listener=Listener())
+        await consumer.start()
+        log.info("joined the shard-lease group %s as %s", s.lease_group(), s.member_name())
+        try:
+            while True:
+                await consumer.getmany(timeout_ms=1000)
+        finally:
+            self._stopping = True
+            await consumer.stop()
+
+    async def _set(self, shards: frozenset[int]) -> None:
+        if shards == self.owned:
+            return
+        if shards:
+            log.info("shard leases: %s of %d", _show(shards), self.settings.shards)
+        self.owned = shards
+        await self.on_change(shards)
+
+
+def _show(shards: frozenset[int]) -> str:
+    return ",".join(str(s) for s in sorted(shards))

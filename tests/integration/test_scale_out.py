@@ -1,0 +1,187 @@
+"""N workers of one deployment on partitioned source topics: workers started, killed -9,
+added and stopped for good while a seeded random workload runs; every view ends exactly the
+reference join, and every shard is owned by a live worker.
+
+The session's ``worker`` is stopped for these cases (a deployment of its own would fence
+these workers off the views, as it should) and started again afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.settings import Settings
+from app.stack.manager import Stack
+from tests.integration.conftest import CONVERGE_TIMEOUT, WorkerProcess
+from tests.integration.reference import actual_views, diff_views, expected_views
+from tests.integration.workload import Workload
+
+SHARDS = 6
+
+
+@pytest.fixture
+def exclusive(worker: WorkerProcess) -> Iterator[None]:
+    worker.stop()
+    try:
+        yield
+    finally:
+        worker.start()
+
+
+class Deployment:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.id = f"it-{uuid.uuid4().hex[:8]}"
+        self.workers: dict[str, WorkerProcess] = {}
+
+    def start(self, name: str) -> WorkerProcess:
+        w = self.workers.get(name)
+        if w is None:
+            w = self.workers[name] = WorkerProcess(
+                self.tmp, worker_id=self.id, name=name, VIEWSYNC_SHARDS=str(SHARDS))
+        w.start()
+        return w
+
+    def running(self) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.alive()]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name} ---\n{w.tail(25)}" for w in self.workers.values())
+
+    def stop_all(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+
+
+@pytest.fixture
+def deployment(exclusive: None, tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop_all()
+
+
+def converge(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
+             workers: Sequence[WorkerProcess], d: Deployment,
+             timeout: float = CONVERGE_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = diff_views(expected_views(product_db), actual_views(consumer_dbs))
+        if not problems:
+            return
+        dead = [w.name for w in workers if not w.alive()]
+        if dead or time.monotonic() > deadline:
+            why = f"workers exited: {dead}" if dead else f"no convergence in {timeout:.0f}s"
+            shown = "\n".join(problems[:40])
+            pytest.fail(f"{why}; {len(problems)} differences:\n{shown}\n{d.logs()}",
+                        pytrace=False)
+        time.sleep(0.5)
+
+
+def owners(consumer_dbs: dict[str, sa.Engine]) -> dict[str, dict[int, str]]:
+    out = {}
+    for name, engine in consumer_dbs.items():
+        with engine.connect() as conn:
+            out[name] = {int(s): str(o) for s, o in conn.execute(
+                sa.text("SELECT shard, owner FROM viewsync_shards"))}
+    return out
+
+
+def wait_owned(consumer_dbs: dict[str, sa.Engine], names: set[str], d: Deployment,
+               timeout: float = 60.0) -> None:
+    """Every shard claimed in every database by one of ``names`` (and every name owning)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = owners(consumer_dbs)
+        ok = all(set(o) >= set(range(SHARDS))
+                 and {o[s] for s in range(SHARDS)} == names for o in got.values())
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"shards not owned by {sorted(names)} within {timeout:.0f}s: {got}\n"
+                        + d.logs(), pytrace=False)
+        time.sleep(0.25)
+
+
+def _products_on_two_shards(wl: Workload, conn: sa.Connection) -> tuple[int, int]:
+    """Two products whose rows are in different shards, in a root category of their own
+    (none of them in the workload's model: it never moves or deletes them)."""
+    cat = wl._id()
+    conn.execute(sa.text("INSERT INTO categories VALUES (:i, NULL, :c, 'Movers')"),
+                 {"i": cat, "c": f"m{cat}"})
+    ids = []
+    for shard in (1, 4):
+        pid = wl._id()
+        while pid % SHARDS != shard:
+            pid = wl._id()
+        conn.execute(sa.text(
+            "INSERT INTO products VALUES (:i, :s, 'Mover', :c, NULL, 'pcs', 1.00, 'active')"),
+            {"i": pid, "s": f"MOVE-{pid}", "c": cat})
+        ids.append(pid)
+    return ids[0], ids[1]
+
+
+def test_workers_come_and_go_and_every_view_stays_exact(
+    stack: Stack, settings: Settings, product_db: sa.Engine,
+    consumer_dbs: dict[str, sa.Engine], deployment: Deployment,
+) -> None:
+    assert settings.source_partitions >= 4
+    seed = random.randrange(1 << 30)
+    print(f"\nworkload seed: {seed}")
+    wl = Workload(product_db, seed=seed)
+    d = deployment
+    w1, w2 = d.start("w1"), d.start("w2")
+    wl.run(40)
+    converge(product_db, consumer_dbs, [w1, w2], d)
+    wait_owned(consumer_dbs, {"w1", "w2"}, d)
+
+    # kill -9 one worker while the workload runs; its shards move to the other; then it
+    # comes back
+    busy = threading.Thread(target=wl.run, args=(120,))
+    busy.start()
+    time.sleep(1.0)
+    w1.kill()
+    busy.join()
+    wait_owned(consumer_dbs, {"w2"}, d)
+    converge(product_db, consumer_dbs, [w2], d)
+    d.start("w1")
+    wl.run(20)
+
+    # a third worker joins (rebalance) while a batch moves P1 -> P2 -> P1 between products
+    # on different shards and a category subtree moves
+    with product_db.begin() as conn:
+        p1, p2 = _products_on_two_shards(wl, conn)
+        bid = wl._id()
+        conn.execute(sa.text("INSERT INTO batches VALUES (:b, :p, 'MOVING', NULL, NULL)"),
+                     {"b": bid, "p": p1})
+    w3 = d.start("w3")
+    for target in (p2, p1, p2, p1):
+        with product_db.begin() as conn:
+            conn.execute(sa.text("UPDATE batches SET product_id = :p WHERE id = :b"),
+                         {"p": target, "b": bid})
+        with product_db.begin() as conn:
+            wl.move_category(conn)
+        time.sleep(0.3)
+    converge(product_db, consumer_dbs, [w1, w2, w3], d)
+    with consumer_dbs["purchase"].connect() as conn:
+        assert conn.execute(sa.text("SELECT product_id FROM batch_view WHERE batch_id = :b"),
+                            {"b": bid}).scalar_one() == p1
+    wl.run(40)
+    converge(product_db, consumer_dbs, [w1, w2, w3], d)
+    wait_owned(consumer_dbs, {"w1", "w2", "w3"}, d)
+
+    # one worker stops for good: its shards move to the others
+    w2.stop()
+    wl.run(60)
+    wait_owned(consumer_dbs, {"w1", "w3"}, d)
+    converge(product_db, consumer_dbs, [w1, w3], d)
+    assert "taken over" in w3.log.read_text()
