@@ -44,11 +44,14 @@ dlq_cli = typer.Typer(no_args_is_help=True,
                       help="The dead-letter topic: list, show, replay.")
 schemas_cli = typer.Typer(no_args_is_help=True, help="The Avro contracts against the registry.")
 demo_cli = typer.Typer(no_args_is_help=True, help="Sample data for the Product database.")
+shards_cli = typer.Typer(no_args_is_help=True,
+                         help="The shards of a deployment: who writes which view rows.")
 cli.add_typer(stack_cli, name="stack")
 cli.add_typer(connectors_cli, name="connectors")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(schemas_cli, name="schemas")
 cli.add_typer(demo_cli, name="demo")
+cli.add_typer(shards_cli, name="shards")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait.")]
@@ -315,6 +318,49 @@ def _dl_json(dl: Any, full: bool = False) -> dict[str, object]:
         doc["value_hex"] = None if dl.value is None else dl.value.hex()
         doc["value_bytes"] = None if dl.value is None else len(dl.value)
     return doc
+
+
+@shards_cli.command("status")
+def shards_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every shard in every consumer database: its owner, epoch and written positions;
+    and the workers now in the deployment's lease group."""
+    from app.reshard import lease_members, shard_rows
+
+    s = settings(ctx)
+    rows = shard_rows(s)
+    members = lease_members(s)
+    if as_json:
+        print(json.dumps({"deployment": s.worker_id, "workers": members, "shards": [
+            {"consumer": r.consumer, "shard": r.shard, "of": r.shards, "owner": r.owner,
+             "epoch": r.epoch, "positions": None if r.positions is None else
+             {f"{t}[{p}]": o for (t, p), o in sorted(r.positions.items())}}
+            for r in rows]}))
+        return
+    out.print(f"deployment {s.worker_id}: {len(members)} worker(s) in the lease group"
+              + (": " + ", ".join(members) if members else ""), markup=False)
+    t = table("consumer", "shard", "of", "owner", "epoch", "records written up to")
+    for r in rows:
+        pos = "never written" if r.positions is None else f"{sum(r.positions.values()):,}"
+        t.add_row(r.consumer, str(r.shard), str(r.shards), r.owner, str(r.epoch), pos)
+    out.print(t, markup=False, highlight=False)
+
+
+@shards_cli.command("reshard")
+def shards_reshard(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Argument(min=1, max=1024, help="The new shard count.")],
+    reset: Annotated[bool, typer.Option(
+        help="Drop the written positions: every shard is rebuilt from the state by its "
+        "first owner (after the source topics were re-created).")] = False,
+) -> None:
+    """Change the shard count, with every worker of the deployment stopped; the rows are
+    carried over (README: "Running N workers")."""
+    from app.reshard import ReshardError, reshard
+
+    try:
+        reshard(settings(ctx), count, reset=reset, say=lambda m: out.print(m, markup=False))
+    except ReshardError as exc:
+        fail(str(exc))
 
 
 @dlq_cli.command("list")

@@ -79,8 +79,9 @@ class Watermarks:
     def total(self) -> int:
         from confluent_kafka import TopicPartition
 
-        return sum(self.consumer.get_watermark_offsets(TopicPartition(t, 0), timeout=10)[1]
-                   for t in self.topics)
+        return sum(self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                   for t in self.topics
+                   for p in self.consumer.list_topics(t, timeout=10).topics[t].partitions)
 
 
 def exact(env: BenchEnv, w: Worker) -> int:

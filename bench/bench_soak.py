@@ -60,12 +60,12 @@ class Lag:
                            "enable.auto.commit": False})
 
     def __call__(self) -> int:
-        tps = [TopicPartition(t, 0) for t in self.topics]
-        committed = {tp.topic: tp.offset for tp in self.c.committed(tps, timeout=10)}
+        tps = [TopicPartition(t, p) for t in self.topics
+               for p in self.c.list_topics(t, timeout=10).topics[t].partitions]
         lag = 0
-        for t in self.topics:
-            _lo, hi = self.c.get_watermark_offsets(TopicPartition(t, 0), timeout=10)
-            lag += max(0, hi - max(committed.get(t, 0), 0))
+        for tp in self.c.committed(tps, timeout=10):
+            _lo, hi = self.c.get_watermark_offsets(tp, timeout=10)
+            lag += max(0, hi - max(tp.offset, 0))
         return lag
 
     def close(self) -> None:
@@ -163,7 +163,7 @@ def main() -> int:
         seed(env.settings, products=args.products, seed=3)
         env.start_connector()
         w.start()
-        lag = Lag(env, w.env["VIEWSYNC_WORKER_ID"])
+        lag = Lag(env, f'{w.env["VIEWSYNC_WORKER_ID"]}.{w.env["VIEWSYNC_WORKER_NAME"]}')
         t0 = time.monotonic()
         while True:  # the initial load
             time.sleep(2)

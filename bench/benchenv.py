@@ -132,7 +132,7 @@ class BenchEnv:
             os.environ, VIEWSYNC_SOURCE_DATABASE=self.tag, VIEWSYNC_TOPIC_PREFIX=self.tag,
             VIEWSYNC_ORDER_DB_URL=s.consumer_url("order"),
             VIEWSYNC_PURCHASE_DB_URL=s.consumer_url("purchase"),
-            VIEWSYNC_WORKER_ID=f"{db}-worker",
+            VIEWSYNC_WORKER_ID=f"{db}-worker", VIEWSYNC_WORKER_NAME=name,
             VIEWSYNC_WORKER_DATA_DIR=str(self.tmp / name), **env)
         w = Worker(name, s, full_env, repo, self.tmp / f"{name}.log",
                    dbs={c: sa.create_engine(s.consumer_url(c), pool_pre_ping=True)

@@ -10,10 +10,11 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from app.decode import Decoder, RegistrySchemas
 from app.settings import Settings
+from app.topic_range import end_offsets, partitions, read_range
 from tests.integration.conftest import WorkerProcess, wait_converged
 
 
@@ -25,39 +26,31 @@ def _cli(*args: str) -> dict[str, Any]:
     return out
 
 
-def _latest_record_of(settings: Settings, product_id: int) -> tuple[int, bytes, bytes]:
-    """(offset, key, value) of the newest record of ``product_id`` on the products topic."""
+def _latest_record_of(settings: Settings, product_id: int
+                      ) -> tuple[int, int, bytes, bytes]:
+    """(partition, offset, key, value) of the newest record of ``product_id`` on the
+    products topic (the last 200 records of each partition)."""
     topic = settings.topic("products")
     decoder = Decoder(RegistrySchemas(settings.registry_url()), {topic: "products"})
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "dlq-test",
-                  "enable.auto.commit": False})
-    try:
-        _lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        c.assign([TopicPartition(topic, 0, max(0, hi - 200))])
-        found = None
-        while True:
-            m = c.poll(2.0)
-            if m is None:
-                break
-            if m.error() or m.key() is None or m.value() is None:
-                continue
-            ch = decoder.decode(topic, m.key(), m.value())
-            if getattr(ch, "key", None) == product_id:
-                found = (m.offset(), m.key(), m.value())
-            if m.offset() >= hi - 1:
-                break
-    finally:
-        c.close()
+    ends = end_offsets(settings, topic, partitions(settings, topic))
+    found = None
+    for r in read_range(settings, topic, {p: max(0, e - 200) for p, e in ends.items()}, ends):
+        if r.key is None or r.value is None:
+            continue
+        ch = decoder.decode(topic, r.key, r.value)
+        if getattr(ch, "key", None) == product_id:
+            found = (r.partition, r.offset, r.key, r.value)
     assert found is not None, f"no record of product {product_id} on {topic}"
     return found
 
 
-def _dead_letter(settings: Settings, key: bytes, value: bytes, source_offset: int,
+def _dead_letter(settings: Settings, key: bytes, value: bytes, source: tuple[int, int],
                  reason: str) -> None:
     p = Producer({"bootstrap.servers": settings.bootstrap()})
+    part, offset = source
     p.produce(settings.dead_letter_topic, key=key, value=value, headers={
         "viewsync.reason": reason.encode(),
-        "viewsync.source": f"{settings.topic('products')}[0]@{source_offset}".encode()})
+        "viewsync.source": f"{settings.topic('products')}[{part}]@{offset}".encode()})
     assert p.flush(30) == 0
 
 
@@ -88,18 +81,18 @@ def test_dead_letter_listed_shown_and_replayed_once(
             "status) VALUES (:i, :s, 'Replayed', :i, NULL, 'pcs', 3.00, 'active')"),
             {"i": pid, "s": f"DLQ-{pid}"})
     wait_converged(product_db, consumer_dbs, worker)
-    offset, key, value = _latest_record_of(settings, pid)
+    part, offset, key, value = _latest_record_of(settings, pid)
     # As if that change had been dead-lettered instead of applied:
     for e in consumer_dbs.values():
         with e.begin() as conn:
             conn.execute(sa.text("DELETE FROM product_view WHERE product_id = :i"), {"i": pid})
     reason = f"simulated: schema unknown to the registry ({pid})"
-    _dead_letter(settings, key, value, offset, reason)
+    _dead_letter(settings, key, value, (part, offset), reason)
 
     listed = _cli("list")
     mine = [d for d in listed["dead_letters"] if d["reason"] == reason]
     assert len(mine) == 1, listed["dead_letters"][-3:]
-    assert mine[0]["source"] == f"{settings.topic('products')}[0]@{offset}"
+    assert mine[0]["source"] == f"{settings.topic('products')}[{part}]@{offset}"
     shown = _cli("show", str(mine[0]["offset"]))
     assert shown["reason"] == reason and shown["value_hex"] == value.hex()
 
@@ -120,7 +113,7 @@ def test_dead_letter_listed_shown_and_replayed_once(
     with product_db.begin() as conn:
         conn.execute(sa.text("UPDATE products SET name = 'Newer' WHERE id = :i"), {"i": pid})
     wait_converged(product_db, consumer_dbs, worker)
-    _dead_letter(settings, key, value, offset, reason + " (old)")
+    _dead_letter(settings, key, value, (part, offset), reason + " (old)")
     old = _cli("replay")
     assert [d for d in old["superseded"] if d["reason"] == reason + " (old)"], old
     assert not [d for d in old["replayed"] if d["reason"] == reason + " (old)"], old

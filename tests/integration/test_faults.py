@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from app.connectors import ConnectClient
 from app.settings import Settings
 from app.stack.manager import Stack
+from app.topic_range import end_offsets, partitions
 from tests.integration.conftest import WorkerProcess, wait_converged, wait_live
 from tests.integration.faults import kill9, start_again, stop_clean
 from tests.integration.reference import actual_views, diff_views, expected_views
@@ -189,12 +190,12 @@ def _dead_letters_from(settings: Settings, offset: int, n: int, timeout: float
 def _product_key(settings: Settings, product_id: int) -> bytes:
     """A well-formed key of the products topic (the registry's key schema id, as Debezium
     writes it) for ``product_id``."""
+    topic = settings.topic("products")
     c = Consumer({"bootstrap.servers": settings.bootstrap(),
                   "group.id": f"key-{uuid.uuid4().hex}", "enable.auto.commit": False})
     try:
-        tp = TopicPartition(settings.topic("products"), 0)
-        _lo, hi = c.get_watermark_offsets(tp, timeout=10)
-        c.assign([TopicPartition(tp.topic, 0, max(hi - 1, 0))])
+        ends = end_offsets(settings, topic, partitions(settings, topic))
+        c.assign([TopicPartition(topic, p, max(hi - 1, 0)) for p, hi in ends.items()])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             msg = c.poll(0.5)

@@ -8,7 +8,11 @@ these workers off the views, as it should) and started again afterwards.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,11 +24,11 @@ import sqlalchemy as sa
 
 from app.settings import Settings
 from app.stack.manager import Stack
-from tests.integration.conftest import CONVERGE_TIMEOUT, WorkerProcess
+from tests.integration.conftest import CONVERGE_TIMEOUT, ROOT, WorkerProcess
 from tests.integration.reference import actual_views, diff_views, expected_views
 from tests.integration.workload import Workload
 
-SHARDS = 6
+SHARDS = Settings().shards  # the session worker's: one shard count per set of views
 
 
 @pytest.fixture
@@ -185,3 +189,44 @@ def test_workers_come_and_go_and_every_view_stays_exact(
     wait_owned(consumer_dbs, {"w1", "w3"}, d)
     converge(product_db, consumer_dbs, [w1, w3], d)
     assert "taken over" in w3.log.read_text()
+
+
+def _cli(d: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300,
+                          env=dict(os.environ, VIEWSYNC_WORKER_ID=d.id))
+
+
+def test_the_shard_count_changes_with_the_workers_stopped_and_the_views_stay_exact(
+    stack: Stack, product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
+    deployment: Deployment,
+) -> None:
+    """The documented procedure: stop every worker, `viewsync shards reshard N`, start them
+    with VIEWSYNC_SHARDS=N. Changes made meanwhile, and after, reach every view."""
+    wl = Workload(product_db, seed=random.randrange(1 << 30))
+    d = deployment
+    w1, w2 = d.start("w1"), d.start("w2")
+    wl.run(40)
+    converge(product_db, consumer_dbs, [w1, w2], d)
+    refused = _cli(d, "shards", "reshard", "8")
+    assert refused.returncode == 1 and "stop every one of them" in refused.stderr
+    w1.stop()
+    w2.stop()
+    wl.run(30)  # nobody writes the views now
+    try:
+        done = _cli(d, "shards", "reshard", "8")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "starts from the positions all old shards had reached" in done.stdout
+        for w in (w1, w2):
+            w.env["VIEWSYNC_SHARDS"] = "8"
+            w.start()
+        wl.run(30)
+        converge(product_db, consumer_dbs, [w1, w2], d)
+        got = owners(consumer_dbs)
+        assert all(set(o) == set(range(8)) for o in got.values()), got
+        status = json.loads(_cli(d, "shards", "status", "--json").stdout)
+        assert len(status["workers"]) == 2
+    finally:
+        d.stop_all()
+        back = _cli(d, "shards", "reshard", str(SHARDS))  # the session worker's count
+        assert back.returncode == 0, back.stdout + back.stderr

@@ -49,11 +49,14 @@ def test_records_in_the_topics_decode(stack: Stack, settings: Settings,
 
     from confluent_kafka import TopicPartition
 
+    from app.topic_range import end_offsets, partitions
+
     topics = {settings.topic(t): t for t in SOURCE_TABLES}
     decoder = Decoder(RegistrySchemas(settings.registry_url()), topics)
     c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": f"probe-{time.time()}",
                   "enable.auto.commit": False})
-    ends = {t: c.get_watermark_offsets(TopicPartition(t, 0), timeout=10)[1] for t in topics}
+    ends = {(t, p): off for t in topics
+            for p, off in end_offsets(settings, t, partitions(settings, t)).items()}
     base = (1 << 41) + random.randrange(1 << 30)
     with product_db.begin() as conn:
         conn.execute(sa.text("INSERT INTO categories VALUES (:i, NULL, 'dec', 'Decode')"),
@@ -65,7 +68,7 @@ def test_records_in_the_topics_decode(stack: Stack, settings: Settings,
             {"i": base, "s": f"DEC-{base}"})
         conn.execute(sa.text("INSERT INTO batches VALUES (:i, :i, 'DEC', '2024-02-29', NULL)"),
                      {"i": base})
-    c.assign([TopicPartition(t, 0, max(off, 0)) for t, off in ends.items()])
+    c.assign([TopicPartition(t, p, max(off, 0)) for (t, p), off in ends.items()])
     seen: dict[str, int] = {}
     deadline = time.monotonic() + 60
     try:

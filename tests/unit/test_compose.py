@@ -61,3 +61,23 @@ def test_worker_image_is_built_from_the_wheel_without_the_checkout() -> None:
     assert "pip install" in runtime and ".whl" in runtime
     assert "COPY . " not in runtime and "COPY app" not in runtime
     assert 'CMD ["viewsync", "worker"]' in runtime
+
+
+def test_prometheus_scrapes_the_workers_metrics_port_and_grafana_shows_it() -> None:
+    services = _compose()["services"]
+    worker, prometheus, grafana = services["worker"], services["prometheus"], services["grafana"]
+    port = int(worker["environment"]["VIEWSYNC_METRICS_PORT"])
+    assert str(port) in [str(p) for p in worker["expose"]]
+    for s in (prometheus, grafana):
+        assert s["profiles"] == worker["profiles"]
+    assert prometheus["image"].startswith("prom/prometheus")
+    assert grafana["image"].startswith("grafana/grafana")
+    assert _host_port(prometheus) == 9090 and _host_port(grafana) == 3000
+    mounts = {c: h for h, c in (v.rsplit(":", 1)[0].split(":", 1) for v in prometheus["volumes"])}
+    config = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "viewsync"]
+    targets = [(name, sd["port"]) for sd in job.get("dns_sd_configs", [])
+               for name in sd["names"]]
+    targets += [tuple(str(t).rsplit(":", 1)) for sc in job.get("static_configs", [])
+                for t in sc["targets"]]
+    assert targets and all(h == "worker" and int(p) == port for h, p in targets), targets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -106,11 +107,17 @@ class MemorySink:
         self.writes = 0
         #: shard -> (epoch, positions)
         self.shards: dict[int, tuple[int, Positions | None]] = {}
+        #: Claims and writes are atomic, as the database's row locks make them.
+        self._lock = threading.Lock()
 
     def create_tables(self) -> None:
         pass
 
     def claim(self, shard: int, shards: int, owner: str) -> Claim:
+        with self._lock:
+            return self._claim(shard)
+
+    def _claim(self, shard: int) -> Claim:
         epoch, positions = self.shards.get(shard, (0, None))
         self.shards[shard] = (epoch + 1, positions)
         return Claim(shard, {"db": epoch + 1}, {"db": positions})
@@ -119,6 +126,10 @@ class MemorySink:
         return {k for k in self.rows.get(view.name, {}) if k % shards == shard}
 
     def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
+        with self._lock:
+            return self._write(batches, progress)
+
+    def _write(self, batches: Mapping[str, ViewBatch], progress: Progress | None) -> int:
         if self.unavailable:
             self.unavailable -= 1
             raise SinkUnavailable("down")

@@ -1,0 +1,208 @@
+"""The worker's Prometheus metrics: one :class:`Metrics` owns its own ``CollectorRegistry``
+(never the process-global one), so tests and tools can create as many as they like.
+
+Every name starts with ``viewsync_``. Counters are exposed with the ``_total`` suffix (and the
+client's ``_created`` sample); histograms as ``_bucket``/``_sum``/``_count``.
+
+``viewsync_source_events_total{table}`` (counter)
+    Decoded source change events, per source table (``categories``, ``warranty_types``,
+    ``products``, ``batches``). The four tables' series exist from the start at 0.
+``viewsync_view_rows_total{view,op}`` (counter)
+    View rows written to a consumer database, per view (``order.product_view``, ...) and
+    ``op`` = ``upsert`` | ``delete``.
+``viewsync_sink_batch_rows`` (histogram)
+    Rows per sink write (one write covers every consumer database); buckets 1 .. 100k.
+``viewsync_sink_write_seconds`` (histogram)
+    Wall-clock duration of one sink write (all consumer databases); buckets 1 ms .. 60 s.
+``viewsync_dead_letters_total`` (counter)
+    Source records sent to the dead-letter topic.
+``viewsync_consumer_lag_records{topic,partition}`` (gauge)
+    Records of a source partition not yet written to the views (end offset - committed).
+    Each :meth:`Metrics.lag` call is a full snapshot: partitions it leaves out (no longer
+    owned after a rebalance) are removed.
+``viewsync_view_freshness_seconds{view}`` (histogram)
+    Per view row change written: the source commit time (Debezium ``source.ts_ms``) to the
+    sink's commit time. Buckets 10 ms .. 10 min. Clock skew never makes it negative.
+``viewsync_view_oldest_unapplied_seconds{view}`` (gauge)
+    Age of the oldest change read from the source but not yet committed to the view; 0 when
+    nothing is pending.
+``viewsync_shards_owned`` (gauge)
+    Source partitions (shards) this worker owns now.
+``viewsync_caught_up`` (gauge)
+    1 when this worker has written everything it has read up to the partitions' ends, else 0.
+``viewsync_worker_info{worker}`` (gauge, always 1)
+    Info-style series naming the worker (default: the host name); the dashboard joins it on
+    ``instance`` to label the other series per worker.
+
+The HTTP endpoint (:meth:`Metrics.serve`) answers ``GET /metrics`` in the text exposition
+format from a daemon thread; the worker enables it with ``VIEWSYNC_METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+SOURCE_TABLES: Final = ("categories", "warranty_types", "products", "batches")
+
+SINK_BATCH_ROWS_BUCKETS: Final = (
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 25_000.0,
+    50_000.0, 100_000.0,
+)
+SINK_WRITE_SECONDS_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+FRESHNESS_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+
+# The samples each metric type exposes, by suffix (the family's own name for a gauge).
+_SUFFIXES: Final = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gauge": ("",),
+}
+
+
+class Metrics:
+    """The worker's metrics in a registry of their own. Every method is thread-safe."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        """``worker`` names the worker in ``viewsync_worker_info`` (default: the host name)."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._events = Counter("viewsync_source_events", "Decoded source change events",
+                               ["table"], registry=r)
+        self._rows = Counter("viewsync_view_rows", "View rows written", ["view", "op"],
+                             registry=r)
+        self._batch_rows = Histogram("viewsync_sink_batch_rows", "Rows per sink write",
+                                     buckets=SINK_BATCH_ROWS_BUCKETS, registry=r)
+        self._write_seconds = Histogram("viewsync_sink_write_seconds",
+                                        "Duration of one sink write (all consumer databases)",
+                                        buckets=SINK_WRITE_SECONDS_BUCKETS, registry=r)
+        self._dead_letters = Counter("viewsync_dead_letters", "Records sent to the DLQ",
+                                     registry=r)
+        self._lag = Gauge("viewsync_consumer_lag_records",
+                          "Records of a source partition not yet written",
+                          ["topic", "partition"], registry=r)
+        self._freshness = Histogram("viewsync_view_freshness_seconds",
+                                    "Source commit (source.ts_ms) to sink commit, per row change",
+                                    ["view"], buckets=FRESHNESS_BUCKETS, registry=r)
+        self._oldest = Gauge("viewsync_view_oldest_unapplied_seconds",
+                             "Age of the oldest change read but not yet committed to the view",
+                             ["view"], registry=r)
+        self._shards = Gauge("viewsync_shards_owned", "Source partitions this worker owns",
+                             registry=r)
+        self._caught_up = Gauge("viewsync_caught_up", "1 when caught up with the sources",
+                                registry=r)
+        self._worker = Gauge("viewsync_worker_info", "The worker's name (always 1)",
+                             ["worker"], registry=r)
+        self._lag_keys: set[tuple[str, str]] = set()
+        self._server: WSGIServer | None = None
+        for table in SOURCE_TABLES:
+            self._events.labels(table=table)
+        self.worker(socket.gethostname() if worker is None else worker)
+
+    # --- recording ----------------------------------------------------------------------
+
+    def worker(self, name: str) -> None:
+        """Name this worker: ``viewsync_worker_info{worker=name} 1`` (replaces any earlier)."""
+        self._worker.clear()
+        self._worker.labels(worker=name).set(1)
+
+    def events(self, table: str, n: int = 1) -> None:
+        """``n`` decoded change events of source ``table``."""
+        self._events.labels(table=table).inc(n)
+
+    def rows_written(self, view: str, upserts: int, deletes: int) -> None:
+        """One committed write of ``view``: ``upserts`` rows upserted, ``deletes`` deleted."""
+        self._rows.labels(view=view, op="upsert").inc(upserts)
+        self._rows.labels(view=view, op="delete").inc(deletes)
+
+    def sink_write(self, rows: int, seconds: float) -> None:
+        """One sink write (every consumer database) of ``rows`` rows that took ``seconds``."""
+        self._batch_rows.observe(rows)
+        self._write_seconds.observe(seconds)
+
+    def dead_letters(self, n: int = 1) -> None:
+        """``n`` records sent to the dead-letter topic."""
+        self._dead_letters.inc(n)
+
+    def lag(self, per_partition: Mapping[tuple[str, int], int]) -> None:
+        """The lag of every owned source partition, ``{(topic, partition): records}``; a full
+        snapshot: series of partitions not in it are removed."""
+        keys = {(topic, str(partition)): max(0, n)
+                for (topic, partition), n in per_partition.items()}
+        for gone in self._lag_keys - keys.keys():
+            self._lag.remove(*gone)
+        for (topic, partition), n in keys.items():
+            self._lag.labels(topic=topic, partition=partition).set(n)
+        self._lag_keys = set(keys)
+
+    def freshness(self, view: str, source_ts_ms: Iterable[int | None],
+                  committed_at: float) -> int:
+        """One freshness sample per row change of ``view`` committed at ``committed_at``
+        (epoch seconds), from each change's source commit time ``source.ts_ms`` (epoch
+        milliseconds; None or 0, i.e. unknown, is skipped). Returns the samples recorded."""
+        child = self._freshness.labels(view=view)
+        n = 0
+        for ts_ms in source_ts_ms:
+            if not ts_ms:
+                continue
+            child.observe(max(0.0, committed_at - ts_ms / 1000.0))
+            n += 1
+        return n
+
+    def oldest_unapplied(self, view: str, age_s: float) -> None:
+        """Age in seconds of the oldest change of ``view`` not yet committed (0: none)."""
+        self._oldest.labels(view=view).set(max(0.0, age_s))
+
+    def shards(self, n: int) -> None:
+        """This worker owns ``n`` source partitions."""
+        self._shards.set(n)
+
+    def caught_up(self, flag: bool) -> None:
+        """Whether this worker has written everything up to the partitions' ends."""
+        self._caught_up.set(1 if flag else 0)
+
+    # --- exposing -----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+    def names(self) -> set[str]:
+        """Every name exposed: each family's name and each of its sample names (a labelled
+        metric's samples count even before its first observation)."""
+        out: set[str] = set()
+        for family in self.registry.collect():
+            out.add(family.name)
+            out.update(family.name + s for s in _SUFFIXES.get(family.type, ()))
+            out.update(sample.name for sample in family.samples)
+        return out
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; port 0 disables it."""
+        if port == 0:
+            return
+        if self._server is not None:
+            raise RuntimeError("the metrics endpoint is already being served")
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop the endpoint :meth:`serve` started (no-op if none)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
