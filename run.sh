@@ -39,6 +39,27 @@ setup() {
   .venv/bin/viewsync stack "${instance[@]}" up
 }
 
+# What only the tests use: Prometheus scrapes a worker, headless Chromium loads its status
+# page (Debian packages; Playwright's own browser downloads are not reachable everywhere).
+test_tools() {
+  local missing=()
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "run.sh: the tests need ${missing[*]}: sudo apt-get install -y" \
+      "--no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+  log "test tools: apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    >/dev/null
+  # The package may start its own Prometheus; the tests run their own.
+  service prometheus stop >/dev/null 2>&1 || true
+}
+
 case "${1:-}" in
   demo)
     setup
@@ -59,6 +80,7 @@ with e.connect() as c: print(c.execute(sa.text("SELECT COUNT(*) FROM products WH
     ;;
   test)
     setup --instance test
+    test_tools
     log "ruff"
     .venv/bin/ruff check .
     log "mypy --strict"

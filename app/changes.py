@@ -37,6 +37,8 @@ class Change:
     op: Op = "u"
     #: Source position (binlog file/pos or GTID), for logs and the dead-letter topic.
     position: str = ""
+    #: When the source committed it (Debezium ``source.ts_ms``, epoch ms; 0: unknown).
+    ts_ms: int = 0
 
     @property
     def is_delete(self) -> bool:

@@ -229,6 +229,38 @@ def worker(ctx: typer.Context) -> None:
 
 
 # ------------------------------------------------------------------ verify
+@cli.command("status")
+def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The pipeline's health: connector and tasks, every worker of the deployment and its
+    lag, each view's rows and staleness, dead letters. Exit 1 when something is wrong
+    (thresholds: VIEWSYNC_STATUS_MAX_LAG, VIEWSYNC_STATUS_MAX_STALENESS_S)."""
+    from app.status import status
+
+    s = settings(ctx)
+    st = status(s)
+    if as_json:
+        print(json.dumps(st.to_json()))
+    else:
+        out.print(f"connector {s.connector_name}: {st.connector} "
+                  f"(tasks: {', '.join(st.tasks) or 'none'}); dead letters: "
+                  f"{'?' if st.dead_letters is None else st.dead_letters}", markup=False)
+        t = table("worker", "host", "lag (records)")
+        for w in st.workers:
+            t.add_row(w.name, w.host, "?" if w.lag is None else f"{w.lag:,}")
+        out.print(t, markup=False, highlight=False)
+        v = table("view", "rows", "staleness", "records behind")
+        for r in st.views:
+            v.add_row(r.view, "?" if r.rows is None else f"{r.rows:,}",
+                      "?" if r.staleness_s is None else f"{r.staleness_s:.1f}s",
+                      "?" if r.behind is None else f"{r.behind:,}")
+        out.print(v, markup=False, highlight=False)
+        for p in st.problems:
+            err.print(f"problem: {p}", markup=False, highlight=False)
+        out.print("OK" if st.ok else f"{len(st.problems)} problem(s)", markup=False)
+    if not st.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
 @cli.command("verify")
 def verify(
     ctx: typer.Context,

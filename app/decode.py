@@ -181,7 +181,7 @@ class Decoder:
         gtid, file, pos, row = (src.get(k) for k in ("gtid", "file", "pos", "row"))
         position = f"{gtid or ''}@{file or ''}:{pos or ''}:{row or 0}"
         return Change(table=table, key=key_id, after=after, before=before,
-                      op=cast(Op, op), position=position)
+                      op=cast(Op, op), position=position, ts_ms=int(src.get("ts_ms") or 0))
 
 
 #: What decides how a value is read; names, namespaces, docs, defaults and Kafka Connect's

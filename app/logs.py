@@ -1,5 +1,7 @@
 """Logging for every entry point (the CLI, the worker, the pipeline process): one format,
-one ``viewsync.*`` namespace, the chattiest third-party loggers turned down."""
+one ``viewsync.*`` namespace. Third-party libraries (Faust, mode, aiokafka, httpx) log only
+warnings and errors unless the level is DEBUG: their start-up and recovery chatter says
+nothing an operator acts on; the worker's own lines say what it does."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Per-request HTTP lines and Faust's producer back-pressure notes drown the useful ones.
-    for noisy in ("httpx", "httpx2", "faust.transport.producer", "aiokafka"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    debug = logging.getLogger().level <= logging.DEBUG
+    for noisy in ("httpx", "httpx2", "faust", "mode", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # Faust's producer back-pressure notes are warnings about nothing wrong.
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)

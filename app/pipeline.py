@@ -40,6 +40,7 @@ from typing import Protocol
 from app.changes import Change
 from app.decode import DecodeFailure, Decoder, SchemaUnavailable
 from app.join import Affected, JoinEngine
+from app.metrics import Metrics
 from app.project import ViewBatch, project_many
 from app.retry import calling, retry
 from app.shards import Claim, Progress, behind, in_shards
@@ -75,6 +76,10 @@ class BatchResult:
     positions: Positions = field(default_factory=dict)
     #: Every position of the state store once the batch was applied: what its rows reflect.
     state: Positions = field(default_factory=dict)
+    #: Decoded changes per source table; per view, the source commit times (``ts_ms``) of
+    #: the changes applied (not redone) that touched it.
+    events: dict[str, int] = field(default_factory=dict)
+    fresh: dict[str, set[int]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -107,6 +112,8 @@ class Pipeline:
         self.positions: Positions = {}
         self._dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
         self._changes = 0
+        self._events: dict[str, int] = {}
+        self._fresh: dict[str, set[int]] = {}
 
     def apply(self, change: Change, prune: bool = True) -> Affected:
         """Join stage: update the state, mark every view key the change may alter."""
@@ -146,10 +153,15 @@ class Pipeline:
             log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         decoded.reason)
             return decoded
+        self._events[decoded.table] = self._events.get(decoded.table, 0) + 1
         if rec.offset < self.replay_until.get((rec.topic, rec.partition), 0):
             self.redo(decoded)
         else:
-            self.apply(decoded)
+            affected = self.apply(decoded)
+            if decoded.ts_ms:
+                for view in self.views:
+                    if affected.keys_for(view):
+                        self._fresh.setdefault(view.name, set()).add(decoded.ts_ms)
         return None
 
     def restore(self, rec: RawRecord) -> bool:
@@ -234,9 +246,11 @@ class Pipeline:
         dead = [dl for rec in records if (dl := self.add(rec)) is not None]
         views, changes = self.take_batch()
         positions = self.commit()
+        events, self._events = self._events, {}
+        fresh, self._fresh = self._fresh, {}
         return BatchResult(views=views, dead_letters=dead, changes=changes,
                            records=len(records), positions=positions,
-                           state=self.store.positions())
+                           state=self.store.positions(), events=events, fresh=fresh)
 
 
 @dataclass
@@ -256,6 +270,9 @@ class Totals:
     started: float = field(default_factory=time.monotonic)
     #: (topic, partition) -> next offset whose batch has been written.
     written: Positions = field(default_factory=dict)
+    #: Per view: seconds from the source commit of the oldest change of the last batch
+    #: written to it to that write's commit.
+    freshness: dict[str, float] = field(default_factory=dict)
 
 
 class SourceLog(Protocol):
@@ -297,12 +314,14 @@ class BatchLoop:
         send_dead_letter: Callable[[DeadLetter], Awaitable[None]],
         source: SourceLog | None = None,
         owner: str = "viewsync",
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.sink = sink
         self.send_dead_letter = send_dead_letter
         self.source = source
         self.owner = owner
+        self.metrics = metrics
         self.totals = Totals()
         self._inflight: asyncio.Task[None] | None = None
         #: Shards given by :meth:`own`; claimed and waiting for the state; taken over.
@@ -312,6 +331,10 @@ class BatchLoop:
         self._rebuild_at: dict[int, Positions] = {}
         self.epochs: dict[int, Mapping[str, int]] = {}
         self._flushed = 0.0
+        #: The positions last recorded for every shard held (see :meth:`idle`).
+        self._recorded: Positions = {}
+        #: ``handle``, ``own`` and ``idle`` one at a time (each may wait for a write).
+        self._serial = asyncio.Lock()
         if source is not None:
             pipeline.active.clear()
 
@@ -322,6 +345,10 @@ class BatchLoop:
     async def handle(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
         """Run one batch; ``done`` is called once its rows are committed in every consumer
         database and its dead letters are sent. Returns while that write may still run."""
+        async with self._serial:
+            await self._handle(records, done)
+
+    async def _handle(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
         t0 = time.monotonic()
         try:
             result = self.pipeline.process(records)
@@ -332,6 +359,10 @@ class BatchLoop:
         await self.drain()
         self.totals.process_s += t1 - t0
         self.totals.wait_s += time.monotonic() - t1
+        if self.metrics is not None:  # read, not yet written
+            now = time.time()
+            for view, stamps in result.fresh.items():
+                self.metrics.oldest_unapplied(view, now - min(stamps) / 1000)
         self._inflight = asyncio.create_task(self._write(result, done, self._progress(result)))
         if self.pending:
             await self.take_over()
@@ -343,10 +374,28 @@ class BatchLoop:
         flush = now - self._flushed >= FLUSH_EVERY_S
         if flush:
             self._flushed = now
+            self._recorded = result.state
         return Progress(epochs=dict(self.epochs), positions=result.state, flush=flush)
+
+    async def idle(self) -> None:
+        """Nothing arrived for a while: record the shards' positions in every database
+        (a database the last batches had no rows for would otherwise look behind)."""
+        if not self.sharded or not self.epochs:
+            return
+        async with self._serial:
+            await self.drain()
+            state = self.pipeline.store.positions()
+            if state != self._recorded:
+                await self._sink_write({}, Progress(epochs=dict(self.epochs),
+                                                    positions=state, flush=True))
+                self._recorded = state
 
     async def own(self, shards: frozenset[int]) -> None:
         """From now on, write the rows of ``shards`` (and of no other shard)."""
+        async with self._serial:
+            await self._own(shards)
+
+    async def _own(self, shards: frozenset[int]) -> None:
         await self.drain()
         lost = self.owned - shards
         if lost:
@@ -451,6 +500,24 @@ class BatchLoop:
         if self.sharded and self.epochs:
             await self.own(frozenset())
 
+    def _measure(self, result: BatchResult, seconds: float) -> None:
+        m = self.metrics
+        assert m is not None
+        if result.rows:
+            m.sink_write(result.rows, seconds)
+        for name, batch in result.views.items():
+            m.rows_written(name, len(batch.upserts), len(batch.deletes))
+        for table, n in result.events.items():
+            m.events(table, n)
+        if result.dead_letters:
+            m.dead_letters(len(result.dead_letters))
+        now = time.time()
+        for view, stamps in result.fresh.items():
+            m.freshness(view, stamps, now)
+            if self._inflight is None or self._inflight is asyncio.current_task():
+                m.oldest_unapplied(view, 0.0)  # nothing newer read and unwritten
+        m.shards(len(self.epochs) if self.sharded else self.pipeline.shards)
+
     async def drain(self) -> None:
         """Wait for the write in flight (its error, if any, is raised here)."""
         task, self._inflight = self._inflight, None
@@ -464,6 +531,11 @@ class BatchLoop:
             await retry(lambda: asyncio.to_thread(self.sink.write, result.views, progress),
                         SinkUnavailable, "sink write")
         self.totals.write_s += time.monotonic() - t0
+        committed = time.time()
+        for view, stamps in result.fresh.items():
+            self.totals.freshness[view] = max(0.0, committed - min(stamps) / 1000)
+        if self.metrics is not None:
+            self._measure(result, time.monotonic() - t0)
         for dl in result.dead_letters:
             await self.send_dead_letter(dl)
         t = self.totals

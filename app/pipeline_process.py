@@ -38,13 +38,15 @@ from typing import Any, Protocol
 from app.changes import SOURCE_TABLES, SourceTable
 from app.decode import Decoder, RegistrySchemas
 from app.logs import setup_logging
-from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord, Totals
+from app.metrics import Metrics
+from app.pipeline import FLUSH_EVERY_S, BatchLoop, DeadLetter, Pipeline, RawRecord, Totals
 from app.restore import restore
 from app.retry import retry
 from app.settings import Settings
 from app.sink import DatabaseSink, SinkUnavailable, sink_urls
 from app.state import MemoryStore, Positions, RocksStore, StateStore
 from app.topic_range import end_offsets, partitions, read_range
+from app.web import Web
 
 log = logging.getLogger("viewsync.pipeline")
 
@@ -151,9 +153,18 @@ class Components:
             shards=settings.shards)
         self.sink = DatabaseSink(sink_urls(settings))
         self.dead_letters = DeadLetterProducer(settings)
+        self.metrics = Metrics(worker=settings.member_name())
         self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send,
                               source=KafkaSource(settings),
-                              owner=settings.member_name())
+                              owner=settings.member_name(), metrics=self.metrics)
+        self.web = Web(settings, self.metrics, lambda: self.loop.totals)
+
+    def ends(self, highwaters: Positions) -> None:
+        """The source partitions' ends as the worker's consumer sees them: lag metrics."""
+        written = self.loop.totals.written
+        lag = {tp: max(0, end - written.get(tp, 0)) for tp, end in highwaters.items()}
+        self.metrics.lag(lag)
+        self.metrics.caught_up(bool(lag) and not any(lag.values()))
 
     async def prepare(self) -> None:
         """Create the view tables (waiting while a consumer DB is down); bring the state
@@ -161,10 +172,15 @@ class Components:
         await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
                     "creating the view tables")
         await asyncio.to_thread(self.dead_letters.ensure_topic)
+        if self.settings.metrics_port:
+            self.web.serve("0.0.0.0", self.settings.metrics_port)
+            log.info("status page on http://%s:%d/, metrics on /metrics", self.settings.host,
+                     self.settings.metrics_port)
         await restore(self.settings.bootstrap(), self.settings.data_group(),
                       tuple(self.topics), self.pipeline)
 
     def close(self) -> None:
+        self.web.close()
         self.store.close()
         self.sink.close()
 
@@ -187,6 +203,10 @@ class PipelineHost(Protocol):
         shard lost has no write in flight."""
         ...
 
+    def ends(self, highwaters: Positions) -> None:
+        """The source partitions' ends now (for the lag metrics)."""
+        ...
+
     async def close(self) -> None:
         """Finish the batches handed over, then stop."""
         ...
@@ -202,6 +222,7 @@ class InProcess:
         self.parts = Components(settings)
         self.on_failure: Callable[[BaseException], None] | None = None
         self._closed = False
+        self._idle: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         asyncio.get_event_loop().run_until_complete(self.parts.prepare())
@@ -215,6 +236,11 @@ class InProcess:
     async def own(self, shards: frozenset[int]) -> None:
         if not self._closed:
             await self.parts.loop.own(shards)
+
+    def ends(self, highwaters: Positions) -> None:
+        self.parts.ends(highwaters)
+        # Called every few seconds by the worker: the in-process loop's idle moment.
+        self._idle = asyncio.ensure_future(self.parts.loop.idle())
 
     async def close(self) -> None:
         if self._closed:
@@ -328,6 +354,10 @@ class ChildProcess:
         self._conn.send(("own", seq, sorted(shards)))
         await fut
 
+    def ends(self, highwaters: Positions) -> None:
+        if self._closed is None and self._proc.is_alive():
+            self._conn.send(("ends", dict(highwaters)))
+
     async def close(self) -> None:
         try:
             if self._proc.is_alive() and self._failure is None:
@@ -373,7 +403,10 @@ async def _serve(settings: Settings, conn: Connection) -> None:
         conn.send(("ready", None))
         closing = False
         while not closing:
-            msg = await asyncio.to_thread(conn.recv)
+            if not await asyncio.to_thread(conn.poll, FLUSH_EVERY_S):
+                await parts.loop.idle()  # nothing for a while: record the positions
+                continue
+            msg = conn.recv()
             seqs: list[int] = []
             records: list[RawRecord] = []
             control: tuple[Any, ...] | None = None
@@ -385,6 +418,8 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                 elif msg[0] == "close":
                     closing = True
                     break
+                elif msg[0] == "ends":
+                    parts.ends(msg[1])
                 else:  # "own": after the batches before it
                     control = msg
                     break

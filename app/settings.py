@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: Port of the worker's Prometheus endpoint (``/metrics``) and status page; 0: off.
     #: Distinct per worker on one host.
     metrics_port: int = Field(0, ge=0, le=65535)
+    #: `viewsync status` reports a problem (exit 1) past these: a worker's lag in records,
+    #: and a view's staleness (age of the oldest source change it lacks) in seconds.
+    status_max_lag: int = Field(100_000, ge=0)
+    status_max_staleness_s: float = Field(60.0, gt=0)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Sequence
 
@@ -81,6 +82,7 @@ class Worker:
             *self.topics, key_serializer="raw", value_serializer="raw", acks=True)
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)
         self.app.timer(settings.progress_interval_s)(self._report)
+        self.app.timer(2.0)(self._ends)
         self.leases = ShardLeases(settings, host.own)
         self.app.task(self._leases)
         self._last = (time.monotonic(), 0)
@@ -120,22 +122,35 @@ class Worker:
             records.append(RawRecord(m.topic, m.partition, m.offset, m.key, m.value))
         await self.host.submit(records, done=lambda: _acked(events))
 
-    def lag(self) -> int | None:
-        """Records in the assigned source partitions not yet written to the views."""
-        written = self.host.totals().written
-        total = 0
+    def highwaters(self) -> dict[tuple[str, int], int] | None:
+        """The end of every assigned source partition, as the consumer last saw it."""
+        out: dict[tuple[str, int], int] = {}
         try:
             for tp in self.app.consumer.assignment():
                 if tp.topic in self.topics:
                     high = self.app.consumer.highwater(tp)
                     if high is None:
                         return None
-                    total += max(0, high - written.get((tp.topic, tp.partition), 0))
+                    out[(tp.topic, tp.partition)] = high
         except Exception:  # consumer not started or rebalancing
             return None
-        return total
+        return out
+
+    def lag(self) -> int | None:
+        """Records in the assigned source partitions not yet written to the views."""
+        written = self.host.totals().written
+        ends = self.highwaters()
+        if ends is None:
+            return None
+        self.host.ends(ends)
+        return sum(max(0, high - written.get(tp, 0)) for tp, high in ends.items())
+
+    async def _ends(self) -> None:
+        self.lag()  # hands the partitions' ends to the host (lag metrics)
 
     async def _report(self) -> None:
+        """One line per interval: caught up or not, rows/s, lag, freshness per view, shards
+        (the per-stage timings at DEBUG)."""
         t = self.host.totals()
         now = time.monotonic()
         since, rows_then = self._last
@@ -149,14 +164,15 @@ class Worker:
         else:
             per_record = t.records / max(now - t.started, 1e-9)
             eta = f", ~{lag / per_record:.0f}s to catch up" if per_record else ""
-            state = f"catching up: lag {lag} records{eta}"
-        owned = self.leases.owned
-        log.info("%s | shards %s of %d | %d records, %d changes, %d view rows written "
-                 "(%.0f rows/s now), %d dead letters | %d batches; seconds gathering %.1f, "
-                 "processing %.1f, waiting for writes %.1f, writing %.1f",
-                 state, ",".join(map(str, sorted(owned))) or "none", self.settings.shards,
-                 t.records, t.changes, t.rows, rate, t.dead, t.batches,
-                 self._gather_s, t.process_s, t.wait_s, t.write_s)
+            state = f"catching up: lag {lag:,} records{eta}"
+        fresh = ", ".join(f"{v} {s:.2f}s" for v, s in sorted(t.freshness.items())) or "-"
+        owned = ",".join(map(str, sorted(self.leases.owned))) or "none"
+        log.info("%s | %.0f rows/s | freshness %s | shards %s of %d | %d records, %d rows "
+                 "written, %d dead letters", state, rate, fresh, owned, self.settings.shards,
+                 t.records, t.rows, t.dead)
+        log.debug("%d batches; seconds gathering %.1f, processing %.1f, waiting for writes "
+                  "%.1f, writing %.1f", t.batches, self._gather_s, t.process_s, t.wait_s,
+                  t.write_s)
 
 
 def _acked(events: Sequence[faust.EventT[bytes]]) -> None:
@@ -177,5 +193,7 @@ def run_worker(settings: Settings) -> int:
              "a child process" if settings.pipeline_process else "the worker process")
     fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True,
                       override_logging=False)
+    if not sys.stdout.isatty():
+        fw.spinner = None  # no terminal control codes in logs (systemd, Docker, files)
     fw.execute_from_commandline()
     return 0

@@ -140,6 +140,15 @@ class BenchEnv:
         self.workers.append(w)
         return w
 
+    def sibling(self, w: Worker, name: str, **env: str) -> Worker:
+        """Another worker process of ``w``'s deployment: same consumer databases and
+        deployment id, its own name and data directory."""
+        full_env = dict(w.env, VIEWSYNC_WORKER_NAME=name,
+                        VIEWSYNC_WORKER_DATA_DIR=str(self.tmp / name), **env)
+        s = Worker(name, w.settings, full_env, w.repo, self.tmp / f"{name}.log", w.dbs)
+        self.workers.append(s)
+        return s
+
     def close(self) -> None:
         for w in self.workers:
             w.resume()

@@ -93,6 +93,17 @@ def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     w.stop()
 
 
+@pytest.fixture
+def exclusive(worker: WorkerProcess) -> Iterator[None]:
+    """The session's worker stopped for a test that runs workers of its own (a deployment
+    of its own would fence them off the views, as it should), and started again after."""
+    worker.stop()
+    try:
+        yield
+    finally:
+        worker.start()
+
+
 def wait_converged(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
                    worker: WorkerProcess, timeout: float = CONVERGE_TIMEOUT) -> Views:
     """Poll until every view equals the reference join of the source; fail with the diff."""

@@ -31,15 +31,6 @@ from tests.integration.workload import Workload
 SHARDS = Settings().shards  # the session worker's: one shard count per set of views
 
 
-@pytest.fixture
-def exclusive(worker: WorkerProcess) -> Iterator[None]:
-    worker.stop()
-    try:
-        yield
-    finally:
-        worker.start()
-
-
 class Deployment:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp

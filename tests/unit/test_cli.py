@@ -13,7 +13,7 @@ COMMANDS = [
     ["connectors", "apply"], ["connectors", "status"], ["connectors", "restart"],
     ["connectors", "delete"], ["connectors", "resnapshot"], ["dlq"], ["dlq", "list"],
     ["dlq", "show"], ["dlq", "replay"], ["schemas"], ["schemas", "check"], ["demo"],
-    ["shards"], ["shards", "status"], ["shards", "reshard"],
+    ["shards"], ["shards", "status"], ["shards", "reshard"], ["status"],
     ["demo", "seed"],
 ]
 
