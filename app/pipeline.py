@@ -209,25 +209,26 @@ class Pipeline:
                     dirty[view.name] |= in_shards(keys, self.shards, only)
         return self._project(dirty)
 
-    def shard_keys(self, view: ViewDef, shard: int) -> Iterator[int]:
-        """Every key of ``view`` in ``shard`` that the state has a source row for."""
-        table = self.state.store("batches" if view.grain is Grain.BATCH else "products")
-        for key in table:
-            if key % self.shards == shard:
-                yield key
-
-    def rebuild_shard(self, shard: int, chunk: int = 20_000
-                      ) -> Iterator[dict[str, ViewBatch]]:
-        """Every row of ``shard`` the state has, projected, ``chunk`` keys at a time."""
+    def rebuild_shards(self, shards: frozenset[int], chunk: int = 20_000
+                       ) -> Iterator[dict[str, ViewBatch]]:
+        """Every row of ``shards`` the state has a source row for, projected, ``chunk`` keys
+        at a time (one pass over the state per view, whatever the number of shards)."""
         for view in self.views:
+            table = self.state.store("batches" if view.grain is Grain.BATCH else "products")
             keys: list[int] = []
-            for key in self.shard_keys(view, shard):
-                keys.append(key)
-                if len(keys) >= chunk:
-                    yield self._project({view.name: keys})
-                    keys = []
+            for key in table:
+                if key % self.shards in shards:
+                    keys.append(key)
+                    if len(keys) >= chunk:
+                        yield self._project({view.name: keys})
+                        keys = []
             if keys:
                 yield self._project({view.name: keys})
+
+    def without_source_row(self, view: ViewDef, keys: Iterable[int]) -> set[int]:
+        """The keys of ``keys`` whose source row (product or batch) the state does not have."""
+        table = self.state.store("batches" if view.grain is Grain.BATCH else "products")
+        return {k for k in keys if k not in table}
 
     def commit(self) -> Positions:
         """Make the state applied so far durable, with the source positions it reached
@@ -273,6 +274,8 @@ class Totals:
     #: Per view: seconds from the source commit of the oldest change of the last batch
     #: written to it to that write's commit.
     freshness: dict[str, float] = field(default_factory=dict)
+    #: The state store's positions (what the join state holds, written or not).
+    state: Positions = field(default_factory=dict)
 
 
 class SourceLog(Protocol):
@@ -285,6 +288,9 @@ class SourceLog(Protocol):
     def ends(self) -> Positions:
         """The end of every partition of every source topic, as of now."""
         ...
+
+#: A shard whose redo would read more records than this is rebuilt instead.
+REDO_MAX = 200_000
 
 #: Seconds between two records of the shards' positions in a database the batches did not
 #: write to (a new owner redoes less).
@@ -322,7 +328,7 @@ class BatchLoop:
         self.source = source
         self.owner = owner
         self.metrics = metrics
-        self.totals = Totals()
+        self.totals = Totals(state=pipeline.store.positions())
         self._inflight: asyncio.Task[None] | None = None
         #: Shards given by :meth:`own`; claimed and waiting for the state; taken over.
         self.owned: frozenset[int] = frozenset()
@@ -359,6 +365,7 @@ class BatchLoop:
         await self.drain()
         self.totals.process_s += t1 - t0
         self.totals.wait_s += time.monotonic() - t1
+        self.totals.state = result.state
         if self.metrics is not None:  # read, not yet written
             now = time.time()
             for view, stamps in result.fresh.items():
@@ -446,6 +453,11 @@ class BatchLoop:
         if not ready:
             return
         t0 = time.monotonic()
+        # A redo longer than a rebuild is not worth reading: rebuild those shards too.
+        for shard, start in list(ready.items()):
+            if start is not None and sum(
+                    max(0, off - start.get(tp, 0)) for tp, off in state.items()) > REDO_MAX:
+                ready[shard] = None
         # The records to redo, read once for every shard (each redoes from its own start).
         starts = [s for s in ready.values() if s is not None]
         records: list[RawRecord] = []
@@ -454,34 +466,37 @@ class BatchLoop:
             source = self.source
             assert source is not None
             records = await asyncio.to_thread(lambda: list(source.read(lowest, state)))
+        claims = {shard: self.pending.pop(shard) for shard in ready}
+        rebuilt = frozenset(s for s, start in ready.items() if start is None)
+        if rebuilt:
+            rows = await self._rebuild(rebuilt, Progress(
+                epochs={s: claims[s].epochs for s in rebuilt}))
+            log.info("shards %s rebuilt: %d rows", _ranges(sorted(rebuilt)), rows)
         for shard, start in ready.items():
-            claim = self.pending.pop(shard)
-            self._rebuild_at.pop(shard, None)
-            self.epochs[shard] = claim.epochs
-            only = Progress(epochs={shard: claim.epochs})
-            if start is None:
-                how = f"rebuilt ({await self._rebuild(shard, only)} rows)"
-            else:
+            only = Progress(epochs={shard: claims[shard].epochs})
+            if start is not None:
                 mine = [r for r in records if r.offset >= start.get((r.topic, r.partition), 0)]
                 rows = await self._sink_write(self.pipeline.redo_shard(mine, shard), only)
-                how = f"{len(mine)} records redone, {rows} rows"
+                log.info("shard %d taken over: %d records redone, %d rows", shard, len(mine),
+                         rows)
             await self._sink_write({}, Progress(epochs=only.epochs, positions=state,
                                                 flush=True))
+            self._rebuild_at.pop(shard, None)
+            self.epochs[shard] = claims[shard].epochs
             self.pipeline.active.add(shard)
-            log.info("shard %d taken over: %s", shard, how)
         log.info("%d shards taken over in %.2fs", len(ready), time.monotonic() - t0)
 
-    async def _rebuild(self, shard: int, only: Progress) -> int:
-        """Write every row of a shard never written before; delete its rows the state has
-        no source row for."""
+    async def _rebuild(self, shards: frozenset[int], only: Progress) -> int:
+        """Write every row of shards never written before (or too far behind); delete their
+        rows the state has no source row for. The view is never emptied on the way."""
         rows = 0
-        for part in self.pipeline.rebuild_shard(shard):
+        for part in self.pipeline.rebuild_shards(shards):
             rows += await self._sink_write(part, only)
         for view in self.pipeline.views:
-            expected = set(self.pipeline.shard_keys(view, shard))
-            stale = await self._keys(view, shard) - expected
-            if stale:
-                rows += await self._sink_write({view.name: ViewBatch(deletes=stale)}, only)
+            for shard in sorted(shards):
+                stale = self.pipeline.without_source_row(view, await self._keys(view, shard))
+                if stale:
+                    rows += await self._sink_write({view.name: ViewBatch(deletes=stale)}, only)
         return rows
 
     async def _keys(self, view: ViewDef, shard: int) -> set[int]:

@@ -12,7 +12,7 @@ process runs one core at a time, so by default the work is split over two proces
 
 Both sides talk over a pipe: ``("batch", seq, records)`` in; ``("done", [seq, …], totals)``
 when those batches are in the consumer databases (and its dead letters are in Kafka), ``("ready",
-...)`` after start-up (view tables created, state store restored), ``("error", text)`` when
+totals)`` after start-up (view tables created, state store restored), ``("error", text)`` when
 the loop fails; ``("own", seq, shards)`` in and ``("owned", seq)`` back once the loop
 writes exactly those shards (``BatchLoop.own``: a shard lost is drained first).
 The pipeline process stops when told to, or when the worker dies (its end of
@@ -281,6 +281,7 @@ class ChildProcess:
         msg = self._recv_blocking()
         if msg[0] != "ready":
             raise PipelineFailed(f"pipeline process failed to start: {msg[1]}")
+        self._totals = Totals(**msg[1])
 
     def _recv_blocking(self) -> tuple[Any, ...]:
         try:
@@ -400,7 +401,7 @@ async def _serve(settings: Settings, conn: Connection) -> None:
     parts = Components(settings)
     try:
         await parts.prepare()
-        conn.send(("ready", None))
+        conn.send(("ready", asdict(parts.loop.totals)))
         closing = False
         while not closing:
             if not await asyncio.to_thread(conn.poll, FLUSH_EVERY_S):

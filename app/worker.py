@@ -31,7 +31,7 @@ from mode.supervisors import CrashingSupervisor
 from app.changes import SOURCE_TABLES
 from app.leases import ShardLeases
 from app.pipeline import RawRecord
-from app.pipeline_process import PipelineHost, host_for
+from app.pipeline_process import KafkaSource, PipelineHost, host_for
 from app.settings import Settings
 
 log = logging.getLogger("viewsync.worker")
@@ -95,11 +95,31 @@ class Worker:
 
     async def _leases(self) -> None:
         try:
+            await self._catch_up()
             await self.leases.run()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._crash(exc)
+
+    async def _catch_up(self) -> None:
+        """Join the lease group only once the state holds every record the source topics
+        had when this worker started: a worker added to a running deployment (or one that
+        was down a long time) does not take shards it could not write for minutes — their
+        owners go on writing them meanwhile."""
+        target = await asyncio.to_thread(KafkaSource(self.settings).ends)
+        t0 = last = time.monotonic()
+        while True:
+            state = self.host.totals().state
+            left = sum(max(0, end - state.get(tp, 0)) for tp, end in target.items())
+            if not left:
+                break
+            if time.monotonic() - last >= self.settings.progress_interval_s:
+                last = time.monotonic()
+                log.info("catching up before taking shards: %d records to go", left)
+            await asyncio.sleep(0.2)
+        log.info("state caught up with the source topics in %.1fs; joining the deployment",
+                 time.monotonic() - t0)
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:
         within = self.settings.sink_max_wait_ms / 1000.0

@@ -191,8 +191,11 @@ def view_rows(sink: MemorySink) -> dict[str, dict[int, dict[str, Any]]]:
             ("order.product_view", "purchase.product_view", "purchase.batch_view")}
 
 
+@pytest.mark.parametrize("redo_max", [200_000, 5], ids=["redo", "rebuild-when-far-behind"])
 @pytest.mark.parametrize("seed", range(12))
-def test_views_equal_the_join_whatever_moves_between_workers(seed: int) -> None:
+def test_views_equal_the_join_whatever_moves_between_workers(
+        seed: int, redo_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.pipeline.REDO_MAX", redo_max)
     rng = random.Random(seed)
     source = Source(rng)
     sink = MemorySink()
