@@ -261,6 +261,34 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
+@cli.command("resync")
+def resync_cmd(
+    ctx: typer.Context,
+    views: Annotated[list[str], typer.Argument(
+        metavar="VIEW...", help="e.g. purchase.batch_view")],
+    wait: Annotated[bool, typer.Option(help="Wait until every shard has it done.")] = True,
+    timeout: TimeoutOpt = 3600.0,
+) -> None:
+    """Rebuild views in place (a dropped table, a new consumer, a restored backup) while the
+    workers go on serving the others: each worker upserts every row of its shards, then
+    deletes the rows the source does not have; the table is never empty, its indexes,
+    grants and dependent views survive."""
+    from app.control import Command, send, wait_carried_out
+    from app.views import VIEWS
+
+    known = {v.name: v for v in VIEWS}
+    unknown = [n for n in views if n not in known]
+    if unknown:
+        fail(f"unknown view(s) {', '.join(unknown)}; one of: {', '.join(known)}", EXIT_CONFIG)
+    s = settings(ctx)
+    end = send(s, [Command("resync", v) for v in views])
+    out.print(f"resync of {', '.join(views)} sent to {s.control_topic()}", markup=False)
+    if wait:
+        secs = wait_carried_out(s, {known[v].consumer for v in views}, end, timeout,
+                                lambda m: out.print(m, markup=False))
+        out.print(f"done in {secs:.1f}s", markup=False)
+
+
 @cli.command("verify")
 def verify(
     ctx: typer.Context,
@@ -273,6 +301,10 @@ def verify(
         "still changing after them is 'unsettled'.")] = 3,
     settle: Annotated[float, typer.Option(
         help="Seconds before a re-read; more than the workers' lag.")] = 2.0,
+    repair: Annotated[bool, typer.Option(
+        help="Have the workers that own the drifted rows rewrite them (through the "
+        "deployment's control topic; verify itself only reads), and wait for it.")] = False,
+    timeout: TimeoutOpt = 300.0,
 ) -> None:
     """Prove each view equals the join of the source tables (reads only; exit 1 on drift).
 
@@ -319,6 +351,19 @@ def verify(
         verdict = "[red]DRIFT[/]" if drift else "[green]in sync[/]"
         out.print(f"{verdict}: {checked:,} rows in {seconds:.1f}s "
                   f"({checked / max(seconds, 1e-9):,.0f} rows/s), peak RSS {peak_mb:.0f} MB")
+    if drift and repair:
+        from app.control import Command, send, wait_carried_out
+
+        s = settings(ctx)
+        cmds = [Command("repair", r.view, tuple(r.keys[i:i + 10_000]))
+                for r in reports if r.keys for i in range(0, len(r.keys), 10_000)]
+        end = send(s, cmds)
+        say(f"repair of {sum(len(c.keys) for c in cmds):,} row(s) sent to "
+            f"{s.control_topic()}; waiting for the workers that own them")
+        secs = wait_carried_out(s, {known[r.view].consumer for r in reports if r.keys},
+                                end, timeout, say)
+        say(f"repaired in {secs:.1f}s; run verify again to see it")
+        return
     if drift:
         raise typer.Exit(EXIT_FAILED)
 
@@ -529,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.connectors import ConnectError
         from app.stack.manager import StackError
 
-        if isinstance(exc, ConnectError | StackError | ConfigError):
+        if isinstance(exc, ConnectError | StackError | ConfigError | TimeoutError):
             err.print(f"viewsync: {exc}", markup=False, highlight=False)
             return EXIT_FAILED
         raise

@@ -37,7 +37,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from app import control
 from app.changes import Change
+from app.control import Command
 from app.decode import DecodeFailure, Decoder, SchemaUnavailable
 from app.join import Affected, JoinEngine
 from app.metrics import Metrics
@@ -80,6 +82,8 @@ class BatchResult:
     #: the changes applied (not redone) that touched it.
     events: dict[str, int] = field(default_factory=dict)
     fresh: dict[str, set[int]] = field(default_factory=dict)
+    #: Views a command of the batch asked to resync (``app.control``).
+    resync: set[str] = field(default_factory=set)
 
     @property
     def rows(self) -> int:
@@ -96,7 +100,8 @@ class Pipeline:
 
     def __init__(self, decoder: Decoder, store: StateStore,
                  views: Sequence[ViewDef] = VIEWS, shards: int = 1,
-                 active: Iterable[int] | None = None) -> None:
+                 active: Iterable[int] | None = None, control_topic: str | None = None
+                 ) -> None:
         self.decoder = decoder
         self.store = store
         self.state = store.state
@@ -105,6 +110,9 @@ class Pipeline:
         self.shards = shards
         #: The shards whose rows this pipeline projects.
         self.active: set[int] = set(range(shards) if active is None else active)
+        #: Commands to the workers (``app.control``), read in order with the changes.
+        self.control_topic = control_topic
+        self._resync: set[str] = set()
         #: Where the state store stood when this pipeline started: records below it are
         #: already in the state, and are redone (:meth:`redo`) rather than applied.
         self.replay_until: Positions = store.positions()
@@ -133,14 +141,26 @@ class Pipeline:
                 self._dirty[view.name].update(keys)
         return affected
 
-    def _decode(self, rec: RawRecord) -> Change | DeadLetter:
-        decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
+    def _decode(self, rec: RawRecord) -> Change | Command | DeadLetter:
         tp = (rec.topic, rec.partition)
         # A replayed record does not move the store's position back.
         self.positions[tp] = max(rec.offset + 1, self.replay_until.get(tp, 0))
+        if rec.topic == self.control_topic:
+            cmd = control.decode(rec.value, {v.name for v in self.views})
+            return DeadLetter(rec, cmd) if isinstance(cmd, str) else cmd
+        decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
         if isinstance(decoded, DecodeFailure):
             return DeadLetter(rec, decoded.reason)
         return decoded
+
+    def _command(self, cmd: Command, only: frozenset[int] | None = None) -> None:
+        """A repair marks its keys (of the active shards, or ``only``); a resync is noted
+        for the loop (:attr:`BatchResult.resync`): it rewrites whole shards."""
+        if cmd.op == "repair":
+            keys = in_shards(cmd.keys, self.shards, only) if only is not None else cmd.keys
+            self._dirty[cmd.view].update(keys)
+        else:
+            self._resync.add(cmd.view)
 
     def add(self, rec: RawRecord) -> DeadLetter | None:
         """Decode one record and apply it; a record that cannot be decoded is returned.
@@ -153,6 +173,11 @@ class Pipeline:
             log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         decoded.reason)
             return decoded
+        if isinstance(decoded, Command):
+            log.info("command from %s@%d: %s %s%s", rec.topic, rec.offset, decoded.op,
+                     decoded.view, f" ({len(decoded.keys)} keys)" if decoded.keys else "")
+            self._command(decoded)
+            return None
         self._events[decoded.table] = self._events.get(decoded.table, 0) + 1
         if rec.offset < self.replay_until.get((rec.topic, rec.partition), 0):
             self.redo(decoded)
@@ -170,7 +195,8 @@ class Pipeline:
         decoded = self._decode(rec)
         if isinstance(decoded, DeadLetter):
             return False
-        self.engine.apply(decoded, prune=False)
+        if isinstance(decoded, Change):  # a command: the views had it carried out
+            self.engine.apply(decoded, prune=False)
         return True
 
     def take_batch(self) -> tuple[dict[str, ViewBatch], int]:
@@ -192,13 +218,23 @@ class Pipeline:
                 out[view.name] = project_many(self.state, view, keys, memo)
         return out
 
-    def redo_shard(self, records: Iterable[RawRecord], shard: int) -> dict[str, ViewBatch]:
+    def redo_shard(self, records: Iterable[RawRecord], shard: int
+                   ) -> tuple[dict[str, ViewBatch], set[str]]:
         """The rows of ``shard`` that ``records`` (already in the state) may have changed,
         projected from the current state: what a new owner writes for the records its
-        predecessor may not have written (see ``app.shards``)."""
+        predecessor may not have written (see ``app.shards``); and the views a command
+        among them asked to resync."""
         dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
         only = frozenset((shard,))
+        resync: set[str] = set()
         for rec in records:
+            if rec.topic == self.control_topic:
+                cmd = control.decode(rec.value, {v.name for v in self.views})
+                if isinstance(cmd, Command) and cmd.op == "repair":
+                    dirty[cmd.view] |= in_shards(cmd.keys, self.shards, only)
+                elif isinstance(cmd, Command):
+                    resync.add(cmd.view)
+                continue
             decoded = self.decoder.decode(rec.topic, rec.key, rec.value)
             if isinstance(decoded, DecodeFailure):
                 continue  # dead-lettered when it was first read
@@ -207,13 +243,14 @@ class Pipeline:
                 keys = affected.keys_for(view)
                 if keys:
                     dirty[view.name] |= in_shards(keys, self.shards, only)
-        return self._project(dirty)
+        return self._project(dirty), resync
 
-    def rebuild_shards(self, shards: frozenset[int], chunk: int = 20_000
-                       ) -> Iterator[dict[str, ViewBatch]]:
-        """Every row of ``shards`` the state has a source row for, projected, ``chunk`` keys
-        at a time (one pass over the state per view, whatever the number of shards)."""
-        for view in self.views:
+    def rebuild_shards(self, shards: frozenset[int], views: Sequence[ViewDef] | None = None,
+                       chunk: int = 20_000) -> Iterator[dict[str, ViewBatch]]:
+        """Every row of ``shards`` (of ``views``, default all) the state has a source row
+        for, projected, ``chunk`` keys at a time (one pass over the state per view, whatever
+        the number of shards)."""
+        for view in self.views if views is None else views:
             table = self.state.store("batches" if view.grain is Grain.BATCH else "products")
             keys: list[int] = []
             for key in table:
@@ -249,9 +286,11 @@ class Pipeline:
         positions = self.commit()
         events, self._events = self._events, {}
         fresh, self._fresh = self._fresh, {}
+        resync, self._resync = self._resync, set()
         return BatchResult(views=views, dead_letters=dead, changes=changes,
                            records=len(records), positions=positions,
-                           state=self.store.positions(), events=events, fresh=fresh)
+                           state=self.store.positions(), events=events, fresh=fresh,
+                           resync=resync)
 
 
 @dataclass
@@ -363,13 +402,16 @@ class BatchLoop:
                                  "schema lookup")
         t1 = time.monotonic()
         await self.drain()
+        if result.resync:  # before the batch's write records positions past the command
+            await self._resync(result.resync)
         self.totals.process_s += t1 - t0
         self.totals.wait_s += time.monotonic() - t1
         self.totals.state = result.state
         if self.metrics is not None:  # read, not yet written
             now = time.time()
             for view, stamps in result.fresh.items():
-                self.metrics.oldest_unapplied(view, now - min(stamps) / 1000)
+                if view in result.views:
+                    self.metrics.oldest_unapplied(view, now - min(stamps) / 1000)
         self._inflight = asyncio.create_task(self._write(result, done, self._progress(result)))
         if self.pending:
             await self.take_over()
@@ -476,7 +518,10 @@ class BatchLoop:
             only = Progress(epochs={shard: claims[shard].epochs})
             if start is not None:
                 mine = [r for r in records if r.offset >= start.get((r.topic, r.partition), 0)]
-                rows = await self._sink_write(self.pipeline.redo_shard(mine, shard), only)
+                redone, resync = self.pipeline.redo_shard(mine, shard)
+                rows = await self._sink_write(redone, only)
+                if resync:
+                    rows += await self._rebuild(frozenset((shard,)), only, self._views(resync))
                 log.info("shard %d taken over: %d records redone, %d rows", shard, len(mine),
                          rows)
             await self._sink_write({}, Progress(epochs=only.epochs, positions=state,
@@ -486,13 +531,29 @@ class BatchLoop:
             self.pipeline.active.add(shard)
         log.info("%d shards taken over in %.2fs", len(ready), time.monotonic() - t0)
 
-    async def _rebuild(self, shards: frozenset[int], only: Progress) -> int:
-        """Write every row of shards never written before (or too far behind); delete their
-        rows the state has no source row for. The view is never emptied on the way."""
+    def _views(self, names: Iterable[str]) -> list[ViewDef]:
+        return [v for v in self.pipeline.views if v.name in names]
+
+    async def _resync(self, names: set[str]) -> None:
+        """A resync command: every row of the views in this loop's shards, in place."""
+        t0 = time.monotonic()
+        await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
+                    "creating the view tables")
+        shards = frozenset(self.pipeline.active)
+        only = Progress(epochs={s: self.epochs[s] for s in shards}) if self.sharded else None
+        rows = await self._rebuild(shards, only, self._views(names))
+        log.info("resync of %s: %d rows of shards %s written in %.1fs", ", ".join(sorted(names)),
+                 rows, _ranges(sorted(shards)), time.monotonic() - t0)
+
+    async def _rebuild(self, shards: frozenset[int], only: Progress | None,
+                       views: Sequence[ViewDef] | None = None) -> int:
+        """Write every row of ``shards`` (of ``views``, default all) from the state, then
+        delete their rows the state has no source row for: shards never written before (or
+        too far behind), and resyncs. The view is never emptied on the way."""
         rows = 0
-        for part in self.pipeline.rebuild_shards(shards):
+        for part in self.pipeline.rebuild_shards(shards, views):
             rows += await self._sink_write(part, only)
-        for view in self.pipeline.views:
+        for view in self.pipeline.views if views is None else views:
             for shard in sorted(shards):
                 stale = self.pipeline.without_source_row(view, await self._keys(view, shard))
                 if stale:
@@ -505,7 +566,8 @@ class BatchLoop:
         return await retry(lambda: asyncio.to_thread(keys), SinkUnavailable,
                            f"reading {view.name}")
 
-    async def _sink_write(self, views: Mapping[str, ViewBatch], progress: Progress) -> int:
+    async def _sink_write(self, views: Mapping[str, ViewBatch],
+                          progress: Progress | None) -> int:
         return await retry(lambda: asyncio.to_thread(self.sink.write, views, progress),
                            SinkUnavailable, "sink write")
 
@@ -528,7 +590,8 @@ class BatchLoop:
             m.dead_letters(len(result.dead_letters))
         now = time.time()
         for view, stamps in result.fresh.items():
-            m.freshness(view, stamps, now)
+            if view in result.views:  # rows of this worker's shards: its freshness
+                m.freshness(view, stamps, now)
             if self._inflight is None or self._inflight is asyncio.current_task():
                 m.oldest_unapplied(view, 0.0)  # nothing newer read and unwritten
         m.shards(len(self.epochs) if self.sharded else self.pipeline.shards)
@@ -548,7 +611,8 @@ class BatchLoop:
         self.totals.write_s += time.monotonic() - t0
         committed = time.time()
         for view, stamps in result.fresh.items():
-            self.totals.freshness[view] = max(0.0, committed - min(stamps) / 1000)
+            if view in result.views:  # rows of this worker's shards were written
+                self.totals.freshness[view] = max(0.0, committed - min(stamps) / 1000)
         if self.metrics is not None:
             self._measure(result, time.monotonic() - t0)
         for dl in result.dead_letters:

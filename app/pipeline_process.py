@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from app.changes import SOURCE_TABLES, SourceTable
+from app.control import ensure_control_topic
 from app.decode import Decoder, RegistrySchemas
 from app.logs import setup_logging
 from app.metrics import Metrics
@@ -121,7 +122,7 @@ class KafkaSource:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topics = tuple(topic_tables(settings))
+        self.topics = (*topic_tables(settings), settings.control_topic())
 
     def read(self, start: Positions, end: Positions) -> Iterator[RawRecord]:
         topics: dict[str, dict[int, int]] = {}
@@ -150,7 +151,7 @@ class Components:
         self.topics = topic_tables(settings)
         self.pipeline = Pipeline(
             Decoder(RegistrySchemas(settings.registry_url()), self.topics), self.store,
-            shards=settings.shards)
+            shards=settings.shards, control_topic=settings.control_topic())
         self.sink = DatabaseSink(sink_urls(settings))
         self.dead_letters = DeadLetterProducer(settings)
         self.metrics = Metrics(worker=settings.member_name())
@@ -172,12 +173,13 @@ class Components:
         await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
                     "creating the view tables")
         await asyncio.to_thread(self.dead_letters.ensure_topic)
+        await asyncio.to_thread(ensure_control_topic, self.settings)
         if self.settings.metrics_port:
             self.web.serve("0.0.0.0", self.settings.metrics_port)
             log.info("status page on http://%s:%d/, metrics on /metrics", self.settings.host,
                      self.settings.metrics_port)
         await restore(self.settings.bootstrap(), self.settings.data_group(),
-                      tuple(self.topics), self.pipeline)
+                      (*self.topics, self.settings.control_topic()), self.pipeline)
 
     def close(self) -> None:
         self.web.close()

@@ -196,6 +196,10 @@ class Settings(BaseSettings):
     def lease_topic(self) -> str:
         return f"{self.worker_id}.shards"
 
+    def control_topic(self) -> str:
+        """Commands to the deployment's workers (``app.control``): resync, repair."""
+        return f"{self.worker_id}.control"
+
     def instance_id(self) -> str:
         """This worker process's static member id in the consumer group: stable across its
         restarts, distinct for every data directory (one per worker process) and host."""

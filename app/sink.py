@@ -225,6 +225,15 @@ def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[i : i + n]
 
 
+def _missing_table(exc: Exception) -> bool:
+    """Whether ``exc`` says a table does not exist (PostgreSQL 42P01, MariaDB 1146)."""
+    if isinstance(exc, sa_exc.NoSuchTableError):
+        return True
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "42P01" or bool(
+        getattr(orig, "args", None) and orig.args[0] == 1146)  # type: ignore[union-attr]
+
+
 def _unavailable(exc: sa_exc.DBAPIError) -> bool:
     """Whether a database error means "cannot reach the database" (retry later)."""
     return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or bool(
@@ -236,7 +245,11 @@ class ConsumerSink:
 
     def __init__(self, consumer: str, url: str, views: Sequence[ViewDef]) -> None:
         self.consumer = consumer
-        self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
+        # READ COMMITTED: no gap locks on MariaDB, so workers writing interleaved keys of
+        # one table (their shards) do not deadlock on each other's gaps. (PostgreSQL's
+        # default.)
+        self.engine: Engine = sa.create_engine(url, pool_pre_ping=True,
+                                               isolation_level="READ COMMITTED")
         self.metadata = sa.MetaData()
         self.views = [v for v in views if v.consumer == consumer]
         self.tables = {v.name: view_table(v, self.metadata) for v in self.views}
@@ -254,6 +267,7 @@ class ConsumerSink:
 
     def create_tables(self) -> None:
         self.metadata.create_all(self.engine, checkfirst=True)
+        self._widths.clear()
 
     def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
         """Write every view's batch in one transaction; return rows touched.
@@ -262,6 +276,20 @@ class ConsumerSink:
         waits for the transaction, and the transaction for a claim) and their epochs
         checked, and the shards' positions are recorded with the rows — the transaction
         runs for the positions alone when ``progress.flush`` is set."""
+        try:
+            return self._write(batches, progress)
+        except (sa_exc.ProgrammingError, sa_exc.NoSuchTableError) as exc:
+            if not _missing_table(exc):
+                raise
+        # A view table was dropped under us: create it (empty) and write again. Its other
+        # rows come back with `viewsync resync <view>`.
+        log.warning("%s: a view table is missing; creating it empty — run `viewsync resync` "
+                    "for it to be filled", self.consumer)
+        self._widths.clear()
+        self.create_tables()
+        return self._write(batches, progress)
+
+    def _write(self, batches: Mapping[str, ViewBatch], progress: Progress | None) -> int:
         todo = [(v, b) for v in self.views if (b := batches.get(v.name)) is not None and len(b)]
         epochs = progress.for_consumer(self.consumer) if progress is not None else {}
         record = progress is not None and bool(epochs) and (bool(todo) or progress.flush)

@@ -34,6 +34,10 @@ _COLS = {"products": "id, sku, name, category_id, warranty_type_id, unit, price,
          "batches": "id, product_id, batch_no, manufactured_on, expires_on"}
 
 
+#: Drifted keys kept per view; past this many, resync the view instead of repairing rows.
+MAX_KEYS = 100_000
+
+
 @dataclass
 class ViewReport:
     view: str
@@ -43,6 +47,9 @@ class ViewReport:
     different: int = 0
     unsettled: int = 0
     examples: list[str] = field(default_factory=list)
+    #: The keys of the rows that drifted (what ``verify --repair`` asks the workers to
+    #: rewrite), at most :data:`MAX_KEYS`.
+    keys: list[int] = field(default_factory=list)
 
     @property
     def drift(self) -> int:
@@ -175,6 +182,8 @@ class Verifier:
     def _record(self, view: ViewDef, report: ViewReport, key: int,
                 pair: tuple[Row | None, Row | None]) -> None:
         want, got = pair
+        if len(report.keys) < MAX_KEYS:
+            report.keys.append(key)
         if got is None:
             report.missing += 1
             self._example(report, f"missing {view.key}={key}: expected {want}")

@@ -77,7 +77,8 @@ class Worker:
         self.host = host
         self.app = build_app(settings)
         host.on_failure = self._crash
-        self.topics = tuple(settings.topic(t) for t in SOURCE_TABLES)
+        # The source topics, and the deployment's commands in order with them.
+        self.topics = (*(settings.topic(t) for t in SOURCE_TABLES), settings.control_topic())
         self.source = self.app.topic(
             *self.topics, key_serializer="raw", value_serializer="raw", acks=True)
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)

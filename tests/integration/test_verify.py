@@ -4,6 +4,7 @@ no false drift while a workload runs."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from tests.integration.conftest import WorkerProcess, wait_converged
 from tests.integration.workload import Workload
 
 
-def _verify(*args: str) -> tuple[int, dict[str, Any]]:
+def _verify(*args: str, worker: WorkerProcess | None = None) -> tuple[int, dict[str, Any]]:
+    env = dict(os.environ, **({"VIEWSYNC_WORKER_ID": worker.worker_id} if worker else {}))
     r = subprocess.run([sys.executable, "-m", "app.cli", "verify", "--json", *args],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode in (0, 1), r.stderr[-3000:]
     return r.returncode, json.loads(r.stdout)
 
@@ -51,6 +53,7 @@ def test_verify_finds_hand_made_drift_and_only_it(
             "category_path, manufactured_on, expires_on, warranty_months) "
             "VALUES (:b, 'BOGUS', :p, 'X', 'X', 'X', NULL, NULL, NULL)"),
             {"b": bogus, "p": changed.product_id})
+    repaired = False
     try:
         rc, out = _verify("--rechecks", "1")
         views = _by_view(out)
@@ -67,18 +70,30 @@ def test_verify_finds_hand_made_drift_and_only_it(
         assert str(bogus) in views["purchase.batch_view"]["examples"][0]
         rc, out = _verify("--rechecks", "0", "order.product_view")
         assert [v["view"] for v in out["views"]] == ["order.product_view"]
-    finally:  # mend by hand (the worker only writes rows whose sources change)
-        with order.begin() as conn:
-            conn.execute(sa.text(
-                "INSERT INTO product_view VALUES (:product_id, :sku, :name, :category_id, "
-                ":category_name, :category_path, :warranty_name, :warranty_months, :price, "
-                ":status)"), dict(gone))
-        with purchase.begin() as conn:
-            conn.execute(sa.text("UPDATE product_view SET sku = :s WHERE product_id = :i"),
-                         {"s": changed.sku, "i": changed.product_id})
-            conn.execute(sa.text("DELETE FROM batch_view WHERE batch_id = :b"), {"b": bogus})
+        # --repair: the worker that owns each drifted row rewrites it; verify only reads
+        rc, out = _verify("--rechecks", "1", "--repair", worker=worker)
+        assert rc == 0, out
+        rc, out = _verify()
+        assert rc == 0 and out["drift"] == 0, out
+        repaired = True
+    finally:  # mend by hand if the repair did not (the worker only writes what changes)
+        if not repaired:
+            _mend(order, purchase, dict(gone), changed, bogus)
     rc, out = _verify()
     assert rc == 0, out
+
+
+def _mend(order: sa.Engine, purchase: sa.Engine, gone: dict[str, Any], changed: Any,
+          bogus: int) -> None:
+    with order.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO product_view VALUES (:product_id, :sku, :name, :category_id, "
+            ":category_name, :category_path, :warranty_name, :warranty_months, :price, "
+            ":status) ON CONFLICT DO NOTHING"), gone)
+    with purchase.begin() as conn:
+        conn.execute(sa.text("UPDATE product_view SET sku = :s WHERE product_id = :i"),
+                     {"s": changed.sku, "i": changed.product_id})
+        conn.execute(sa.text("DELETE FROM batch_view WHERE batch_id = :b"), {"b": bogus})
 
 
 def test_verify_reports_no_drift_while_changes_flow(

@@ -14,6 +14,7 @@ COMMANDS = [
     ["connectors", "delete"], ["connectors", "resnapshot"], ["dlq"], ["dlq", "list"],
     ["dlq", "show"], ["dlq", "replay"], ["schemas"], ["schemas", "check"], ["demo"],
     ["shards"], ["shards", "status"], ["shards", "reshard"], ["status"],
+    ["resync"],
     ["demo", "seed"],
 ]
 
