@@ -8,6 +8,7 @@ these workers off the views, as it should) and started again afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app.settings import Settings
-from app.stack.manager import Stack
+from app.connectors import ConnectClient
+from app.settings import Settings, load_settings
+from app.sink import create_view_tables
+from app.stack.manager import Stack, StackError, ensure_source_topics
 from tests.integration.conftest import CONVERGE_TIMEOUT, ROOT, WorkerProcess
 from tests.integration.reference import actual_views, diff_views, expected_views
 from tests.integration.workload import Workload
@@ -32,16 +35,18 @@ SHARDS = Settings().shards  # the session worker's: one shard count per set of v
 
 
 class Deployment:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **env: str) -> None:
         self.tmp = tmp
         self.id = f"it-{uuid.uuid4().hex[:8]}"
         self.workers: dict[str, WorkerProcess] = {}
+        self.env = env
 
     def start(self, name: str) -> WorkerProcess:
         w = self.workers.get(name)
         if w is None:
             w = self.workers[name] = WorkerProcess(
-                self.tmp, worker_id=self.id, name=name, VIEWSYNC_SHARDS=str(SHARDS))
+                self.tmp, worker_id=self.id, name=name,
+                **{"VIEWSYNC_SHARDS": str(SHARDS), **self.env})
         w.start()
         return w
 
@@ -185,7 +190,7 @@ def test_workers_come_and_go_and_every_view_stays_exact(
 def _cli(d: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=300,
-                          env=dict(os.environ, VIEWSYNC_WORKER_ID=d.id))
+                          env=dict(os.environ, VIEWSYNC_WORKER_ID=d.id, **d.env))
 
 
 def test_the_shard_count_changes_with_the_workers_stopped_and_the_views_stay_exact(
@@ -221,3 +226,84 @@ def test_the_shard_count_changes_with_the_workers_stopped_and_the_views_stay_exa
         d.stop_all()
         back = _cli(d, "shards", "reshard", str(SHARDS))  # the session worker's count
         assert back.returncode == 0, back.stdout + back.stderr
+
+
+def _delete_topics(settings: Settings, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    names = [t for t in admin.list_topics(timeout=30).topics
+             if t.startswith(prefix) or t == f"_schema-history.{prefix}"]
+    for fut in admin.delete_topics(names).values():
+        fut.result(30)
+
+
+def _create_topics(settings: Settings) -> None:
+    deadline = time.monotonic() + 60
+    while True:  # a topic being deleted cannot be created again for a moment
+        try:
+            ensure_source_topics(settings)
+            return
+        except StackError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def test_the_source_partitions_change_by_the_documented_procedure(
+    stack: Stack, settings: Settings, product_db: sa.Engine, tmp_path: Path,
+) -> None:
+    """README, "Changing the source partitions": stop the connector and the workers, delete
+    the source topics, `viewsync shards reshard N --reset`, snapshot into topics with the new
+    partition count, start the workers with fresh data directories; the views (never
+    emptied) end exact. Own connector, topics and consumer databases."""
+    tag = f"repart{random.randrange(10**6)}"
+    stack.defn.psql(f'CREATE DATABASE "order_{tag}" OWNER "{settings.db_user}"')
+    stack.defn.mariadb_sql("purchase-db", f"CREATE DATABASE purchase_{tag}")
+    urls = {c: settings.consumer_url(c).rsplit("/", 1)[0] + f"/{c}_{tag}"
+            for c in ("order", "purchase")}
+    env = {"VIEWSYNC_TOPIC_PREFIX": tag, "VIEWSYNC_ORDER_DB_URL": urls["order"],
+           "VIEWSYNC_PURCHASE_DB_URL": urls["purchase"]}
+    before = load_settings(topic_prefix=tag, connector_name=f"{tag}-a", source_partitions=2,
+                           order_db_url=urls["order"], purchase_db_url=urls["purchase"])
+    after = load_settings(topic_prefix=tag, connector_name=f"{tag}-b", source_partitions=6,
+                          order_db_url=urls["order"], purchase_db_url=urls["purchase"])
+    engines = {c: sa.create_engine(u) for c, u in urls.items()}
+    d = Deployment(tmp_path, **env)
+    wl = Workload(product_db, seed=random.randrange(1 << 30))
+    try:
+        create_view_tables(before)
+        _create_topics(before)
+        ConnectClient(before).apply()
+        ConnectClient(before).wait_running(timeout=120)
+        w1, w2 = d.start("a1"), d.start("a2")
+        wl.run(30)
+        converge(product_db, engines, [w1, w2], d, timeout=300)
+        # the procedure
+        for w in (w1, w2):
+            w.stop()
+        ConnectClient(before).delete()
+        _delete_topics(settings, tag)
+        wl.run(30)  # while nothing runs: these arrive through the fresh snapshot
+        _create_topics(after)
+        reset = _cli(d, "shards", "reshard", str(SHARDS), "--reset")
+        assert reset.returncode == 0, reset.stdout + reset.stderr
+        ConnectClient(after).apply()
+        ConnectClient(after).wait_running(timeout=120)
+        w3, w4 = d.start("b1"), d.start("b2")  # fresh data directories
+        wl.run(30)
+        converge(product_db, engines, [w3, w4], d, timeout=300)
+        with engines["order"].connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM viewsync_shards WHERE "
+                                        "positions IS NULL")).scalar_one() == 0
+    finally:
+        d.stop_all()
+        for s in (before, after):
+            with contextlib.suppress(Exception):
+                ConnectClient(s).delete()
+        with contextlib.suppress(Exception):
+            _delete_topics(settings, tag)
+        for e in engines.values():
+            e.dispose()
+        stack.defn.psql(f'DROP DATABASE IF EXISTS "order_{tag}" WITH (FORCE)')
+        stack.defn.mariadb_sql("purchase-db", f"DROP DATABASE IF EXISTS purchase_{tag}")
