@@ -163,8 +163,9 @@ class Components:
 
     def ends(self, highwaters: Positions) -> None:
         """The source partitions' ends as the worker's consumer sees them: lag metrics."""
-        written = self.loop.totals.written
-        lag = {tp: max(0, end - written.get(tp, 0)) for tp, end in highwaters.items()}
+        t = self.loop.totals
+        lag = {tp: max(0, end - max(t.written.get(tp, 0), t.state.get(tp, 0)))
+               for tp, end in highwaters.items()}
         self.metrics.lag(lag)
         self.metrics.caught_up(bool(lag) and not any(lag.values()))
 
