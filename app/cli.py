@@ -274,9 +274,8 @@ def resync_cmd(
     deletes the rows the source does not have; the table is never empty, its indexes,
     grants and dependent views survive."""
     from app.control import Command, send, wait_carried_out
-    from app.views import VIEWS
 
-    known = {v.name: v for v in VIEWS}
+    known = {v.name: v for v in settings(ctx).views()}
     unknown = [n for n in views if n not in known]
     if unknown:
         fail(f"unknown view(s) {', '.join(unknown)}; one of: {', '.join(known)}", EXIT_CONFIG)
@@ -314,13 +313,12 @@ def verify(
     difference that stays the same is drift.
     """
     from app.verify import verify as run_verify
-    from app.views import VIEWS
 
-    known = {v.name: v for v in VIEWS}
+    known = {v.name: v for v in settings(ctx).views()}
     unknown = [n for n in views or [] if n not in known]
     if unknown:
         fail(f"unknown view(s) {', '.join(unknown)}; one of: {', '.join(known)}", EXIT_CONFIG)
-    chosen = [known[n] for n in views] if views else list(VIEWS)
+    chosen = [known[n] for n in views] if views else list(known.values())
     t0 = time.monotonic()
 
     def say(msg: str) -> None:

@@ -482,7 +482,7 @@ class BatchLoop:
         await self.drain()
         state = self.pipeline.store.positions()
         ready: dict[int, Positions | None] = {}
-        ours = self.pipeline.decoder.topics
+        ours = {*self.pipeline.decoder.topics, self.pipeline.control_topic}
         for shard, claim in sorted(self.pending.items()):
             start = claim.start()
             if start is not None:  # positions in topics this deployment does not read: no

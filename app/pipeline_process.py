@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from app.changes import SOURCE_TABLES, SourceTable
-from app.control import ensure_control_topic
+from app.control import Command, ensure_control_topic, send
 from app.decode import Decoder, RegistrySchemas
 from app.logs import setup_logging
 from app.metrics import Metrics
@@ -149,10 +149,11 @@ class Components:
         self.settings = settings
         self.store = open_store(settings)
         self.topics = topic_tables(settings)
+        views = settings.views()
         self.pipeline = Pipeline(
             Decoder(RegistrySchemas(settings.registry_url()), self.topics), self.store,
-            shards=settings.shards, control_topic=settings.control_topic())
-        self.sink = DatabaseSink(sink_urls(settings))
+            views=views, shards=settings.shards, control_topic=settings.control_topic())
+        self.sink = DatabaseSink(sink_urls(settings, views), views)
         self.dead_letters = DeadLetterProducer(settings)
         self.metrics = Metrics(worker=settings.member_name())
         self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send,
@@ -162,18 +163,22 @@ class Components:
 
     def ends(self, highwaters: Positions) -> None:
         """The source partitions' ends as the worker's consumer sees them: lag metrics."""
-        written = self.loop.totals.written
-        lag = {tp: max(0, end - written.get(tp, 0)) for tp, end in highwaters.items()}
+        t = self.loop.totals
+        lag = {tp: max(0, end - max(t.written.get(tp, 0), t.state.get(tp, 0)))
+               for tp, end in highwaters.items()}
         self.metrics.lag(lag)
         self.metrics.caught_up(bool(lag) and not any(lag.values()))
 
     async def prepare(self) -> None:
         """Create the view tables (waiting while a consumer DB is down); bring the state
         store up to the views."""
-        await retry(lambda: asyncio.to_thread(self.sink.create_tables), SinkUnavailable,
-                    "creating the view tables")
+        grown = await retry(lambda: asyncio.to_thread(self.sink.create_tables),
+                            SinkUnavailable, "creating the view tables")
         await asyncio.to_thread(self.dead_letters.ensure_topic)
         await asyncio.to_thread(ensure_control_topic, self.settings)
+        if grown:  # new columns: every owner backfills its shards of those views
+            await asyncio.to_thread(send, self.settings, [Command("resync", v) for v in grown])
+            log.info("columns added to %s: a resync is on its way", ", ".join(grown))
         if self.settings.metrics_port:
             self.web.serve("0.0.0.0", self.settings.metrics_port)
             log.info("status page on http://%s:%d/, metrics on /metrics", self.settings.host,

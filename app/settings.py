@@ -15,11 +15,14 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.views import ViewDef
 
 
 def _default_state_dir() -> Path:
@@ -68,6 +71,12 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     schema_registry_url: str | None = None
     connect_url: str | None = None
+
+    #: The views file (``app.views``); default: the bundled ``schemas/views.toml``.
+    views_file: Path | None = None
+    #: Consumer database URLs by consumer name, for consumers other than order and
+    #: purchase; ``VIEWSYNC_<CONSUMER>_DB_URL`` in the environment wins.
+    consumer_db_urls: dict[str, SecretStr] = Field(default_factory=dict)
 
     # --- pipeline ------------------------------------------------------------------------
     topic_prefix: str = Field("product", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -140,19 +149,29 @@ class Settings(BaseSettings):
         return self._mariadb_url(self.product_db_port, self.source_database)
 
     def consumer_url(self, consumer: str) -> str:
-        """The SQLAlchemy URL of one consumer database (``VIEWSYNC_<CONSUMER>_DB_URL``)."""
-        given = {"order": self.order_db_url, "purchase": self.purchase_db_url}
-        if consumer not in given:
-            raise ConfigError(f"no database configured for consumer {consumer!r}")
-        url = given[consumer]
-        if url is not None:
-            return url.get_secret_value()
-        if consumer == "order":
-            pw = quote(self.db_password.get_secret_value(), safe="")
-            return (
-                f"postgresql+psycopg://{self.db_user}:{pw}@{self.host}:{self.order_db_port}/order"
-            )
-        return self._mariadb_url(self.purchase_db_port, "purchase")
+        """The SQLAlchemy URL of one consumer database: ``VIEWSYNC_<CONSUMER>_DB_URL`` (or
+        ``consumer_db_urls`` in the config file); else the local stack's — ``order`` and
+        any other consumer a database of its name on the consumers' PostgreSQL server,
+        ``purchase`` on the Purchase MariaDB."""
+        given = {"order": self.order_db_url, "purchase": self.purchase_db_url}.get(consumer)
+        if given is not None:
+            return given.get_secret_value()
+        env = os.environ.get(f"VIEWSYNC_{consumer.upper()}_DB_URL")
+        if env:
+            return env
+        if consumer in self.consumer_db_urls:
+            return self.consumer_db_urls[consumer].get_secret_value()
+        if consumer == "purchase":
+            return self._mariadb_url(self.purchase_db_port, "purchase")
+        pw = quote(self.db_password.get_secret_value(), safe="")
+        return (f"postgresql+psycopg://{self.db_user}:{pw}@{self.host}:{self.order_db_port}/"
+                f"{consumer}")
+
+    def views(self) -> tuple[ViewDef, ...]:
+        """The views to maintain (``views_file``, else the bundled file)."""
+        from app.views import VIEWS, load_views
+
+        return VIEWS if self.views_file is None else load_views(self.views_file)
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
@@ -226,7 +245,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             del values[key]
     values.update(overrides)
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -235,3 +254,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             where = f"{field} ({env})" if env else field
             problems.append(f"{where}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    if settings.views_file is not None:  # validated now, before anything starts
+        from app.views import ViewFileError
+
+        try:
+            settings.views()
+        except ViewFileError as exc:
+            raise ConfigError(f"invalid configuration: views_file (VIEWSYNC_VIEWS_FILE): "
+                              f"{exc}") from None
+    return settings

@@ -55,8 +55,9 @@ class SinkUnavailable(Exception):
 class ViewSink(Protocol):
     """What the pipeline writes view rows through."""
 
-    def create_tables(self) -> None:
-        """Create the view tables that are missing."""
+    def create_tables(self) -> list[str]:
+        """Create the view tables that are missing, add the columns a view gained; return
+        the views that gained columns."""
         ...
 
     def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
@@ -265,9 +266,28 @@ class ConsumerSink:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def create_tables(self) -> None:
+    def create_tables(self) -> list[str]:
+        """Create the missing view tables and add the columns a view's definition gained
+        (nullable: the rows there have no value yet); return the views that gained some."""
         self.metadata.create_all(self.engine, checkfirst=True)
         self._widths.clear()
+        grown = []
+        inspector = sa.inspect(self.engine)
+        for view in self.views:
+            have = {str(c["name"]) for c in inspector.get_columns(view.table)}
+            table = self.tables[view.name]
+            for col in view.columns:
+                if col.name in have:
+                    continue
+                ddl = table.c[col.name].type.compile(dialect=self.engine.dialect)
+                q = self.engine.dialect.identifier_preparer.quote
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(
+                        f"ALTER TABLE {q(view.table)} ADD COLUMN {q(col.name)} {ddl} NULL"))
+                log.warning("%s: column %s added (empty until the view is resynced)",
+                            view.name, col.name)
+                grown.append(view.name)
+        return sorted(set(grown))
 
     def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
         """Write every view's batch in one transaction; return rows touched.
@@ -427,10 +447,9 @@ class DatabaseSink:
     def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS) -> None:
         self.consumers = [ConsumerSink(c, urls[c], views) for c in consumers(tuple(views))]
 
-    def create_tables(self) -> None:
+    def create_tables(self) -> list[str]:
         with _translated("create view tables"):
-            for c in self.consumers:
-                c.create_tables()
+            return [v for c in self.consumers for v in c.create_tables()]
 
     def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
         with _translated("write"):
@@ -468,12 +487,14 @@ def _translated(what: str) -> Iterator[None]:
         raise
 
 
-def sink_urls(settings: Settings, views: Sequence[ViewDef] = VIEWS) -> dict[str, str]:
-    """Consumer name -> database URL, from the settings."""
-    return {c: settings.consumer_url(c) for c in consumers(tuple(views))}
+def sink_urls(settings: Settings, views: Sequence[ViewDef] | None = None) -> dict[str, str]:
+    """Consumer name -> database URL, from the settings (for ``views``, default the
+    settings' views)."""
+    return {c: settings.consumer_url(c) for c in consumers(tuple(views or settings.views()))}
 
 
-def create_view_tables(settings: Settings, views: Sequence[ViewDef] = VIEWS) -> None:
+def create_view_tables(settings: Settings, views: Sequence[ViewDef] | None = None) -> None:
+    views = views or settings.views()
     sink = DatabaseSink(sink_urls(settings, views), views)
     try:
         sink.create_tables()

@@ -28,7 +28,6 @@ from app.settings import Settings
 from app.shards import merged_minimum
 from app.sink import sink_urls
 from app.state import Positions
-from app.views import VIEWS
 
 
 @dataclass
@@ -155,7 +154,7 @@ def _views(settings: Settings, st: Status, ends: Positions) -> None:
         age, behind = _staleness(settings, written, ends)
         engine = sa.create_engine(url)
         try:
-            for view in (v for v in VIEWS if v.consumer == consumer):
+            for view in (v for v in settings.views() if v.consumer == consumer):
                 try:
                     with engine.connect() as conn:
                         n: int | None = int(conn.execute(sa.text(

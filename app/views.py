@@ -1,9 +1,12 @@
 """Declarative view definitions: what every consumer gets, in one place.
 
 Each :class:`ViewDef` names a consumer database, a target table, its key and its columns,
-and for each column where its value comes from. Adding a view or a column is an edit
-of :data:`VIEWS`; the join engine, the projection and the sink read these definitions and
-the sink creates missing target tables from them.
+and for each column where its value comes from. The definitions are data: a TOML file,
+``schemas/views.toml`` by default (bundled with the package), another with
+``VIEWSYNC_VIEWS_FILE``; :func:`load_views` validates it, naming the view and the field of
+any error. Adding a view or a column is an edit of that file; the join engine, the
+projection and the sink read these definitions, and the sink creates missing target tables
+and adds missing columns from them.
 
 Column sources:
 
@@ -19,10 +22,15 @@ product must be visible).
 
 from __future__ import annotations
 
+import re
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from typing import Literal
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from app.changes import SOURCE_TABLES, SourceTable
 
@@ -134,66 +142,93 @@ class ViewDef:
         raise KeyError(name)
 
 
-def _c(name: str, source: str, type_: ColumnType, nullable: bool = False) -> Column:
-    return Column(name=name, source=source, type=type_, nullable=nullable)
+class ViewFileError(ValueError):
+    """The views file is invalid; the message names the view and the field."""
 
 
-ORDER_PRODUCT_VIEW = ViewDef(
-    consumer="order",
-    table="product_view",
-    grain=Grain.PRODUCT,
-    key="product_id",
-    columns=(
-        _c("product_id", "products.id", "bigint"),
-        _c("sku", "products.sku", "varchar(64)"),
-        _c("name", "products.name", "varchar(255)"),
-        _c("category_id", "products.category_id", "bigint"),
-        _c("category_name", "categories.name", "varchar(255)"),
-        _c("category_path", CATEGORY_PATH, "text"),
-        _c("warranty_name", "warranty_types.name", "varchar(255)", nullable=True),
-        _c("warranty_months", "warranty_types.months", "int", nullable=True),
-        _c("price", "products.price", "numeric(12,2)"),
-        _c("status", "products.status", "varchar(16)"),
-    ),
-)
+_TYPES = set(get_args(ColumnType))
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-PURCHASE_PRODUCT_VIEW = ViewDef(
-    consumer="purchase",
-    table="product_view",
-    grain=Grain.PRODUCT,
-    key="product_id",
-    columns=(
-        _c("product_id", "products.id", "bigint"),
-        _c("sku", "products.sku", "varchar(64)"),
-        _c("name", "products.name", "varchar(255)"),
-        _c("unit", "products.unit", "varchar(16)"),
-        _c("status", "products.status", "varchar(16)"),
-        _c("category_code", "categories.code", "varchar(64)"),
-    ),
-)
 
-PURCHASE_BATCH_VIEW = ViewDef(
-    consumer="purchase",
-    table="batch_view",
-    grain=Grain.BATCH,
-    key="batch_id",
-    columns=(
-        _c("batch_id", "batches.id", "bigint"),
-        _c("batch_no", "batches.batch_no", "varchar(64)"),
-        _c("product_id", "batches.product_id", "bigint"),
-        _c("sku", "products.sku", "varchar(64)"),
-        _c("product_name", "products.name", "varchar(255)"),
-        _c("category_path", CATEGORY_PATH, "text"),
-        _c("manufactured_on", "batches.manufactured_on", "date", nullable=True),
-        _c("expires_on", "batches.expires_on", "date", nullable=True),
-        _c("warranty_months", "warranty_types.months", "int", nullable=True),
-    ),
-)
+def parse_views(doc: Mapping[str, Any], where: str = "views file") -> tuple[ViewDef, ...]:
+    """The views of a parsed views file (``[views.<consumer>.<table>]`` tables)."""
+    top = doc.get("views")
+    if not isinstance(top, dict) or not top:
+        raise ViewFileError(f"{where}: no [views.<consumer>.<table>] table")
+    out: list[ViewDef] = []
+    for consumer, tables in top.items():
+        if not _NAME.match(consumer) or not isinstance(tables, dict):
+            raise ViewFileError(f"{where}: views.{consumer}: not a consumer name with tables")
+        for table, spec in tables.items():
+            name = f"views.{consumer}.{table}"
+            if not _NAME.match(table) or not isinstance(spec, dict):
+                raise ViewFileError(f"{where}: {name}: not a table name with a definition")
+            unknown = set(spec) - {"grain", "key", "columns"}
+            if unknown:
+                raise ViewFileError(f"{where}: {name}: unknown field(s) {sorted(unknown)}")
+            try:
+                grain = Grain(str(spec.get("grain")))
+            except ValueError:
+                raise ViewFileError(f"{where}: {name}.grain: one of "
+                                    f"{[g.value for g in Grain]}, not {spec.get('grain')!r}"
+                                    ) from None
+            cols = spec.get("columns")
+            if not isinstance(cols, list) or not cols:
+                raise ViewFileError(f"{where}: {name}.columns: a list of columns")
+            columns = []
+            for i, c in enumerate(cols):
+                at = f"{name}.columns[{i}]"
+                if not isinstance(c, dict) or set(c) - {"name", "source", "type", "nullable"}:
+                    raise ViewFileError(f"{where}: {at}: {{ name, source, type, nullable }}")
+                if not _NAME.match(str(c.get("name", ""))):
+                    raise ViewFileError(f"{where}: {at}.name: not a column name")
+                if c.get("type") not in _TYPES:
+                    raise ViewFileError(f"{where}: {at}.type: one of {sorted(_TYPES)}, not "
+                                        f"{c.get('type')!r}")
+                if not isinstance(c.get("source"), str):
+                    raise ViewFileError(f"{where}: {at}.source: missing")
+                columns.append(Column(name=c["name"], source=c["source"], type=c["type"],
+                                      nullable=bool(c.get("nullable", False))))
+            view = ViewDef(consumer=consumer, table=table, grain=grain,
+                           key=str(spec.get("key", "")), columns=tuple(columns))
+            try:
+                view.validate()
+            except ValueError as exc:
+                raise ViewFileError(f"{where}: {exc}") from None
+            out.append(view)
+    return tuple(out)
 
-#: Every view viewsync maintains. The single place to add a view or a column.
-VIEWS: tuple[ViewDef, ...] = (ORDER_PRODUCT_VIEW, PURCHASE_PRODUCT_VIEW, PURCHASE_BATCH_VIEW)
-for _view in VIEWS:
-    _view.validate()
+
+def load_views(path: Path | Traversable | None = None) -> tuple[ViewDef, ...]:
+    """The views of ``path`` (default: the bundled ``schemas/views.toml``)."""
+    if path is None:
+        from app.resources import bundled
+
+        path = bundled("schemas") / "views.toml"
+    where = str(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ViewFileError(f"views file {where} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ViewFileError(f"views file {where} is not valid TOML: {exc}") from None
+    return parse_views(doc, where)
+
+
+#: The bundled views (``schemas/views.toml``): the three of the contract.
+VIEWS: tuple[ViewDef, ...] = load_views()
+
+
+def view_named(name: str, views: tuple[ViewDef, ...] = VIEWS) -> ViewDef:
+    for view in views:
+        if view.name == name:
+            return view
+    raise KeyError(f"no view {name!r}")
+
+
+ORDER_PRODUCT_VIEW = view_named("order.product_view")
+PURCHASE_PRODUCT_VIEW = view_named("purchase.product_view")
+PURCHASE_BATCH_VIEW = view_named("purchase.batch_view")
 
 
 def consumers(views: tuple[ViewDef, ...] = VIEWS) -> tuple[str, ...]:

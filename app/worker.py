@@ -158,13 +158,15 @@ class Worker:
         return out
 
     def lag(self) -> int | None:
-        """Records in the assigned source partitions not yet written to the views."""
-        written = self.host.totals().written
+        """Records of the source partitions this worker has not processed yet (written, or
+        already in the state store it started with)."""
+        t = self.host.totals()
         ends = self.highwaters()
         if ends is None:
             return None
         self.host.ends(ends)
-        return sum(max(0, high - written.get(tp, 0)) for tp, high in ends.items())
+        return sum(max(0, high - max(t.written.get(tp, 0), t.state.get(tp, 0)))
+                   for tp, high in ends.items())
 
     async def _ends(self) -> None:
         self.lag()  # hands the partitions' ends to the host (lag metrics)

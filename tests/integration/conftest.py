@@ -28,6 +28,9 @@ from tests.integration.worker_process import WorkerProcess as BaseWorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERGE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_CONVERGE_TIMEOUT", "120"))
+#: A fresh worker reads the topics' whole history before it takes shards (hundreds of
+#: thousands of records late in a test run).
+LIVE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_LIVE_TIMEOUT", "600"))
 
 # From here on, settings and subprocesses see the test instance and nothing else.
 _env = instance_env("test")
@@ -161,7 +164,7 @@ def source_events(stack: Stack, settings: Settings, product_db: sa.Engine) -> No
 
 
 def wait_live(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
-              worker: WorkerProcess, timeout: float = CONVERGE_TIMEOUT) -> None:
+              worker: WorkerProcess, timeout: float = LIVE_TIMEOUT) -> None:
     """Wait until the worker is processing live changes: a fresh probe product reaches both
     consumer databases. (Converged views alone may predate this worker.)"""
     import random

@@ -27,7 +27,7 @@ from app.connectors import ConnectClient
 from app.settings import Settings, load_settings
 from app.sink import create_view_tables
 from app.stack.manager import Stack, StackError, ensure_source_topics
-from tests.integration.conftest import CONVERGE_TIMEOUT, ROOT, WorkerProcess
+from tests.integration.conftest import LIVE_TIMEOUT, ROOT, WorkerProcess
 from tests.integration.reference import actual_views, diff_views, expected_views
 from tests.integration.workload import Workload
 
@@ -72,7 +72,7 @@ def deployment(exclusive: None, tmp_path: Path) -> Iterator[Deployment]:
 
 def converge(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
              workers: Sequence[WorkerProcess], d: Deployment,
-             timeout: float = CONVERGE_TIMEOUT) -> None:
+             timeout: float = LIVE_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while True:
         problems = diff_views(expected_views(product_db), actual_views(consumer_dbs))

@@ -19,15 +19,12 @@ from app.project import (
     project,
     project_many,
 )
-from app.views import (
-    ORDER_PRODUCT_VIEW,
-    PURCHASE_BATCH_VIEW,
-    PURCHASE_PRODUCT_VIEW,
-    VIEWS,
-    Column,
-    Grain,
-    ViewDef,
-)
+from app.views import VIEWS, Column, Grain, ViewDef
+
+_BY_NAME = {v.name: v for v in VIEWS}
+ORDER_PRODUCT_VIEW = _BY_NAME["order.product_view"]
+PURCHASE_PRODUCT_VIEW = _BY_NAME["purchase.product_view"]
+PURCHASE_BATCH_VIEW = _BY_NAME["purchase.batch_view"]
 
 
 def cat(id_: int, parent: int | None, name: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from app.control import Command, encode
 from app.decode import Decoder
 from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
 from app.shards import (
@@ -34,6 +35,8 @@ from tests.unit.test_pipeline import MemorySink
 
 SHARDS = 4
 EPOCH = dt.date(1970, 1, 1)
+CONTROL = "deployment.control"
+VIEW_NAMES = ("order.product_view", "purchase.product_view", "purchase.batch_view")
 PARTS = {"categories": 1, "warranty_types": 1, "products": 2, "batches": 2}
 
 
@@ -64,6 +67,7 @@ class Source:
         self.schemas = DictSchemas()
         self.log: dict[tuple[str, int], list[RawRecord]] = {
             (f"p.product.{t}", p): [] for t, n in PARTS.items() for p in range(n)}
+        self.log[(CONTROL, 0)] = []
         self.rows: dict[str, dict[int, dict[str, Any]]] = {t: {} for t in PARTS}
         self.next_id = 1
 
@@ -80,6 +84,10 @@ class Source:
             part.append(RawRecord(tp[0], tp[1], len(part), k, None))  # tombstone
         else:
             self.rows[table][id_] = after
+
+    def command(self, cmd: Command) -> None:
+        part = self.log[(CONTROL, 0)]
+        part.append(RawRecord(CONTROL, 0, len(part), None, encode(cmd)))
 
     def _pick(self, table: str) -> int | None:
         ids = list(self.rows[table])
@@ -140,7 +148,8 @@ class Worker:
         async def no_dead_letters(dl: DeadLetter) -> None:
             raise AssertionError(dl.reason)
 
-        pipeline = Pipeline(Decoder(self.source.schemas, TOPICS), self.store, shards=SHARDS)
+        pipeline = Pipeline(Decoder(self.source.schemas, TOPICS), self.store, shards=SHARDS,
+                            control_topic=CONTROL)
         self.loop = BatchLoop(pipeline, self.sink, no_dead_letters, source=self.source,
                               owner=self.name)
         self.read = dict(self.committed)
@@ -206,6 +215,10 @@ def test_views_equal_the_join_whatever_moves_between_workers(
         for _ in range(300):
             for _ in range(rng.randint(0, 3)):
                 source.step()
+            if rng.random() < 0.03:  # commands mid-run: a repair, a resync
+                view = rng.choice(VIEW_NAMES)
+                source.command(Command("repair", view, tuple(rng.sample(range(200), 5)))
+                               if rng.random() < 0.5 else Command("resync", view))
             w = rng.choice(workers)
             roll = rng.random()
             if not w.alive:
@@ -224,6 +237,16 @@ def test_views_equal_the_join_whatever_moves_between_workers(
         if not live:
             workers[0].start()
         await rebalance(workers, rng)
+        # drift made by hand, then a resync of every view: it must end exact anyway
+        for w in workers:
+            if w.alive:
+                await w.loop.drain()
+        for name in VIEW_NAMES:
+            rows = sink.rows.setdefault(name, {})
+            for k in list(rows)[:3]:
+                rows[k] = dict(rows[k], sku="DRIFT") if "sku" in rows[k] else rows[k]
+            rows[10**9 + len(rows)] = {"bogus": True}
+            source.command(Command("resync", name))
         while any(w.alive and (w.behind() or w.loop.pending) for w in workers):
             for w in workers:
                 if w.alive:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from app.views import (
@@ -49,3 +52,82 @@ def test_bad_definitions_are_rejected(columns: tuple[Column, ...], key: str, mes
     view = ViewDef(consumer="c", table="t", grain=Grain.PRODUCT, key=key, columns=columns)
     with pytest.raises(ValueError, match=message):
         view.validate()
+
+
+# --- the views file ---------------------------------------------------------------------
+
+INVENTORY = """
+[views.inventory.product_view]
+grain = "product"
+key = "product_id"
+columns = [
+  { name = "product_id", source = "products.id", type = "bigint" },
+  { name = "sku", source = "products.sku", type = "varchar(64)" },
+  { name = "unit", source = "products.unit", type = "varchar(16)" },
+  { name = "status", source = "products.status", type = "varchar(16)" },
+  { name = "category_code", source = "categories.code", type = "varchar(64)" },
+  { name = "warranty_months", source = "warranty_types.months", type = "int", nullable = true },
+]
+"""
+
+
+def test_the_bundled_file_holds_the_three_views_of_the_contract() -> None:
+    from app.views import VIEWS, load_views
+
+    assert [v.name for v in load_views()] == [
+        "order.product_view", "purchase.product_view", "purchase.batch_view"]
+    assert load_views() == VIEWS
+
+
+def test_a_fourth_view_by_file_alone(tmp_path: Path) -> None:
+    from app.resources import bundled
+    from app.views import load_views
+
+    f = tmp_path / "views.toml"
+    f.write_text((bundled("schemas") / "views.toml").read_text() + INVENTORY)
+    views = load_views(f)
+    inventory = views[-1]
+    assert inventory.name == "inventory.product_view"
+    assert inventory.depends_on == {"products", "categories", "warranty_types"}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('type = "int"', 'type = "integer"'), "views.inventory.product_view.columns[5].type"),
+    (('"categories.code"', '"category.code"'), "unknown source table"),
+    (('key = "product_id"', 'key = "id"'), "key 'id' is not a column"),
+    (('grain = "product"', 'grain = "item"'), "views.inventory.product_view.grain"),
+    (('{ name = "unit"', '{ name = "sku"'), "duplicate column names"),
+    (('"products.unit"', '"batches.unit"'), "a product view cannot read batches"),
+])
+def test_an_invalid_view_is_rejected_naming_the_view_and_the_field(
+        tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    from app.views import ViewFileError, load_views
+
+    f = tmp_path / "views.toml"
+    f.write_text(INVENTORY.replace(*edit))
+    with pytest.raises(ViewFileError, match=re.escape(message)):
+        load_views(f)
+
+
+def test_a_bad_views_file_stops_the_settings_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import ConfigError, load_settings
+
+    f = tmp_path / "views.toml"
+    f.write_text("[views.inventory.product_view]\ngrain = 'product'\n")
+    monkeypatch.setenv("VIEWSYNC_VIEWS_FILE", str(f))
+    with pytest.raises(ConfigError, match=r"VIEWSYNC_VIEWS_FILE.*views\.inventory\.product_view"):
+        load_settings()
+    monkeypatch.setenv("VIEWSYNC_VIEWS_FILE", str(tmp_path / "none.toml"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings()
+
+
+def test_a_consumer_database_url_comes_from_its_own_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import load_settings
+
+    monkeypatch.setenv("VIEWSYNC_INVENTORY_DB_URL", "postgresql+psycopg://u:p@h/inv")
+    assert load_settings().consumer_url("inventory") == "postgresql+psycopg://u:p@h/inv"
+    monkeypatch.delenv("VIEWSYNC_INVENTORY_DB_URL")
+    assert load_settings().consumer_url("inventory").endswith("/inventory")
