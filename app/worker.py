@@ -151,6 +151,8 @@ class Worker:
                 if tp.topic in self.topics:
                     high = self.app.consumer.highwater(tp)
                     if high is None:
+                        if tp.topic == self.settings.control_topic():
+                            continue  # an empty control topic may never have been fetched
                         return None
                     out[(tp.topic, tp.partition)] = high
         except Exception:  # consumer not started or rebalancing
