@@ -124,8 +124,9 @@ class Pipeline:
         self._fresh: dict[str, set[int]] = {}
 
     def apply(self, change: Change, prune: bool = True) -> Affected:
-        """Join stage: update the state, mark every view key the change may alter."""
-        return self._mark(self.engine.apply(change, prune=prune))
+        """Join stage: update the state, mark every view key the change may alter (and,
+        for freshness, its source commit time in every view it touches)."""
+        return self._mark(self.engine.apply(change, prune=prune), change.ts_ms)
 
     def redo(self, change: Change) -> Affected:
         """A change the state already holds (a replay below the store's position): mark
@@ -133,12 +134,14 @@ class Pipeline:
         reads its table; the state is left as it is."""
         return self._mark(self.engine.affected(change.table, change.key))
 
-    def _mark(self, affected: Affected) -> Affected:
+    def _mark(self, affected: Affected, ts_ms: int = 0) -> Affected:
         self._changes += 1
         for view in self.views:
             keys = affected.keys_for(view)
             if keys:
                 self._dirty[view.name].update(keys)
+                if ts_ms:
+                    self._fresh.setdefault(view.name, set()).add(ts_ms)
         return affected
 
     def _decode(self, rec: RawRecord) -> Change | Command | DeadLetter:
@@ -182,11 +185,7 @@ class Pipeline:
         if rec.offset < self.replay_until.get((rec.topic, rec.partition), 0):
             self.redo(decoded)
         else:
-            affected = self.apply(decoded)
-            if decoded.ts_ms:
-                for view in self.views:
-                    if affected.keys_for(view):
-                        self._fresh.setdefault(view.name, set()).add(decoded.ts_ms)
+            self.apply(decoded)
         return None
 
     def restore(self, rec: RawRecord) -> bool:

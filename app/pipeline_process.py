@@ -46,7 +46,7 @@ from app.retry import retry
 from app.settings import Settings
 from app.sink import DatabaseSink, SinkUnavailable, sink_urls
 from app.state import MemoryStore, Positions, RocksStore, StateStore
-from app.topic_range import end_offsets, partitions, read_range
+from app.topic_range import read_range, topic_ends
 from app.web import Web
 
 log = logging.getLogger("viewsync.pipeline")
@@ -134,12 +134,7 @@ class KafkaSource:
                 yield RawRecord(topic, r.partition, r.offset, r.key, r.value)
 
     def ends(self) -> Positions:
-        out: Positions = {}
-        for topic in self.topics:
-            for part, off in end_offsets(self.settings, topic,
-                                         partitions(self.settings, topic)).items():
-                out[(topic, part)] = off
-        return out
+        return topic_ends(self.settings, self.topics)
 
 
 class Components:

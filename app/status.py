@@ -65,14 +65,9 @@ class Status:
 
 
 def _ends(settings: Settings) -> Positions:
-    from app.topic_range import end_offsets, partitions
+    from app.topic_range import topic_ends
 
-    out: Positions = {}
-    for table in SOURCE_TABLES:
-        topic = settings.topic(table)
-        for p, off in end_offsets(settings, topic, partitions(settings, topic)).items():
-            out[(topic, p)] = off
-    return out
+    return topic_ends(settings, [settings.topic(t) for t in SOURCE_TABLES])
 
 
 def _connector(settings: Settings, st: Status) -> None:

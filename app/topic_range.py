@@ -4,7 +4,7 @@ and its restore (``app.restore``) feeds the pipeline in batches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -43,6 +43,12 @@ def end_offsets(settings: Settings, topic: str, parts: list[int]) -> dict[int, i
                 for p in parts}
     finally:
         c.close()
+
+
+def topic_ends(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """The next offset of every partition of every one of ``topics``, as of now."""
+    return {(topic, p): off for topic in topics
+            for p, off in end_offsets(settings, topic, partitions(settings, topic)).items()}
 
 
 def read_range(settings: Settings, topic: str, starts: dict[int, int],
