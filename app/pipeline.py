@@ -428,6 +428,8 @@ class BatchLoop:
     async def idle(self) -> None:
         """Nothing arrived for a while: record the shards' positions in every database
         (a database the last batches had no rows for would otherwise look behind)."""
+        if self.pending:
+            await self.settle()
         if not self.sharded or not self.epochs:
             return
         async with self._serial:
@@ -466,7 +468,16 @@ class BatchLoop:
                 self._rebuild_at[shard] = await asyncio.to_thread(self.source.ends)
         if gained:
             log.info("shards %s claimed (%d owned)", _ranges(gained), len(self.owned))
-        await self.take_over()
+        # The takeover (a redo or a rebuild: seconds) is not done here: ``own`` runs inside
+        # the lease group's rebalance callback, and a member that stays in it too long is
+        # dropped from the group. :meth:`settle` (right after), each batch and the idle
+        # moments take the claimed shards over.
+
+    async def settle(self) -> None:
+        """Take over the claimed shards whose positions the state has reached."""
+        if self.pending:
+            async with self._serial:
+                await self.take_over()
 
     async def _claim(self, shard: int) -> Claim:
         def claim() -> Claim:

@@ -225,6 +225,7 @@ class InProcess:
         self.on_failure: Callable[[BaseException], None] | None = None
         self._closed = False
         self._idle: asyncio.Future[None] | None = None
+        self._settle: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         asyncio.get_event_loop().run_until_complete(self.parts.prepare())
@@ -238,6 +239,7 @@ class InProcess:
     async def own(self, shards: frozenset[int]) -> None:
         if not self._closed:
             await self.parts.loop.own(shards)
+            self._settle = asyncio.ensure_future(self.parts.loop.settle())
 
     def ends(self, highwaters: Positions) -> None:
         self.parts.ends(highwaters)
@@ -439,7 +441,8 @@ async def _serve(settings: Settings, conn: Connection) -> None:
             if control is not None:
                 _, seq, shards = control
                 await parts.loop.own(frozenset(shards))
-                conn.send(("owned", seq))
+                conn.send(("owned", seq))  # the rebalance callback returns now
+                await parts.loop.settle()
         await parts.loop.close()
         conn.send(("closed",))
     finally:

@@ -97,7 +97,7 @@ def owners(consumer_dbs: dict[str, sa.Engine]) -> dict[str, dict[int, str]]:
 
 
 def wait_owned(consumer_dbs: dict[str, sa.Engine], names: set[str], d: Deployment,
-               timeout: float = 60.0) -> None:
+               timeout: float = LIVE_TIMEOUT) -> None:
     """Every shard claimed in every database by one of ``names`` (and every name owning)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -204,6 +204,7 @@ def test_the_shard_count_changes_with_the_workers_stopped_and_the_views_stay_exa
     w1, w2 = d.start("w1"), d.start("w2")
     wl.run(40)
     converge(product_db, consumer_dbs, [w1, w2], d)
+    wait_owned(consumer_dbs, {"w1", "w2"}, d)  # both caught up and in the lease group
     refused = _cli(d, "shards", "reshard", "8")
     assert refused.returncode == 1 and "stop every one of them" in refused.stderr
     w1.stop()
@@ -218,10 +219,16 @@ def test_the_shard_count_changes_with_the_workers_stopped_and_the_views_stay_exa
             w.start()
         wl.run(30)
         converge(product_db, consumer_dbs, [w1, w2], d)
-        got = owners(consumer_dbs)
-        assert all(set(o) == set(range(8)) for o in got.values()), got
-        status = json.loads(_cli(d, "shards", "status", "--json").stdout)
-        assert len(status["workers"]) == 2
+        deadline = time.monotonic() + LIVE_TIMEOUT
+        while True:  # both workers back in the group, owning the 8 shards between them
+            got = owners(consumer_dbs)
+            status = json.loads(_cli(d, "shards", "status", "--json").stdout)
+            if len(status["workers"]) == 2 and all(
+                    set(o) == set(range(8)) and set(o.values()) == {"w1", "w2"}
+                    for o in got.values()):
+                break
+            assert time.monotonic() < deadline, (got, status["workers"])
+            time.sleep(1.0)
     finally:
         d.stop_all()
         back = _cli(d, "shards", "reshard", str(SHARDS))  # the session worker's count

@@ -193,6 +193,8 @@ async def rebalance(workers: list[Worker], rng: random.Random) -> None:
     rng.shuffle(live)
     for i, w in enumerate(live):
         await w.loop.own(frozenset(s for s in range(SHARDS) if s % len(live) == i))
+    for w in live:  # after the callbacks, as the pipeline process does
+        await w.loop.settle()
 
 
 def view_rows(sink: MemorySink) -> dict[str, dict[int, dict[str, Any]]]:
