@@ -15,22 +15,12 @@ import sqlalchemy as sa
 from app.resources import bundled
 from app.settings import Settings
 from app.stack.manager import Stack
-from tests.integration.conftest import WorkerProcess, wait_converged, wait_live
+from tests.integration.conftest import ROOT, WorkerProcess, wait_converged, wait_live
 from tests.integration.reference import ACTUAL_SQL, expected_views
 from tests.integration.workload import Workload
 
-INVENTORY = """
-[views.inventory.product_view]
-grain = "product"
-key = "product_id"
-columns = [
-  { name = "product_id", source = "products.id", type = "bigint" },
-  { name = "sku", source = "products.sku", type = "varchar(64)" },
-  { name = "unit", source = "products.unit", type = "varchar(16)" },
-  { name = "status", source = "products.status", type = "varchar(16)" },
-  { name = "category_code", source = "categories.code", type = "varchar(64)" },
-  { name = "warranty_months", source = "warranty_types.months", type = "int", nullable = true },
-"""
+#: The Inventory view of the contract (the unit tests' fixture).
+INVENTORY = (ROOT / "tests" / "unit" / "fixtures" / "inventory.views.toml").read_text()
 
 
 def expected_inventory(product_db: sa.Engine, with_name: bool) -> dict[int, dict[str, Any]]:
@@ -94,7 +84,7 @@ def test_the_inventory_view_comes_from_the_file_alone_and_a_new_column_is_backfi
         conn.execute(sa.text("DROP TABLE IF EXISTS viewsync_shards"))
     views = tmp_path / "views.toml"
     base = (bundled("schemas") / "views.toml").read_text()
-    views.write_text(base + INVENTORY + "]\n")
+    views.write_text(base + INVENTORY)
     worker = WorkerProcess(tmp_path, VIEWSYNC_VIEWS_FILE=str(views))
     assert os.environ.get("VIEWSYNC_INVENTORY_DB_URL") is None  # the local stack's default
     try:
@@ -107,8 +97,8 @@ def test_the_inventory_view_comes_from_the_file_alone_and_a_new_column_is_backfi
 
         # a column added to the definition: the table gains it and every row is backfilled
         worker.stop()
-        views.write_text(base + INVENTORY
-                         + '  { name = "name", source = "products.name", type = "text" },\n]\n')
+        views.write_text(base + INVENTORY.replace(
+            "\n]", '\n  { name = "name", source = "products.name", type = "text" },\n]'))
         worker.start()
         wl.run(20)
         wait_inventory(product_db, engine, worker, with_name=True)

@@ -56,19 +56,7 @@ def test_bad_definitions_are_rejected(columns: tuple[Column, ...], key: str, mes
 
 # --- the views file ---------------------------------------------------------------------
 
-INVENTORY = """
-[views.inventory.product_view]
-grain = "product"
-key = "product_id"
-columns = [
-  { name = "product_id", source = "products.id", type = "bigint" },
-  { name = "sku", source = "products.sku", type = "varchar(64)" },
-  { name = "unit", source = "products.unit", type = "varchar(16)" },
-  { name = "status", source = "products.status", type = "varchar(16)" },
-  { name = "category_code", source = "categories.code", type = "varchar(64)" },
-  { name = "warranty_months", source = "warranty_types.months", type = "int", nullable = true },
-]
-"""
+INVENTORY = (Path(__file__).parent / "fixtures" / "inventory.views.toml").read_text()
 
 
 def test_the_bundled_file_holds_the_three_views_of_the_contract() -> None:
