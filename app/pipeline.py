@@ -45,7 +45,7 @@ from app.join import Affected, JoinEngine
 from app.metrics import Metrics
 from app.project import ViewBatch, project_many
 from app.retry import calling, retry
-from app.shards import Claim, Progress, behind, in_shards
+from app.shards import Claim, Progress, behind, in_shards, shard_of
 from app.sink import SinkUnavailable, ViewSink
 from app.state import Positions, StateStore
 from app.views import VIEWS, Grain, ViewDef
@@ -253,7 +253,7 @@ class Pipeline:
             table = self.state.store("batches" if view.grain is Grain.BATCH else "products")
             keys: list[int] = []
             for key in table:
-                if key % self.shards in shards:
+                if shard_of(key, self.shards) in shards:
                     keys.append(key)
                     if len(keys) >= chunk:
                         yield self._project({view.name: keys})

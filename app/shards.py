@@ -41,7 +41,7 @@ def in_shards(keys: Iterable[int], shards: int, owned: frozenset[int]) -> set[in
     """The keys of ``keys`` in the shards ``owned``."""
     if len(owned) == shards:
         return set(keys)
-    return {k for k in keys if k % shards in owned}
+    return {k for k in keys if shard_of(k, shards) in owned}
 
 
 class Fenced(Exception):
