@@ -17,7 +17,13 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer
 
 from app.settings import Settings
-from tests.integration.conftest import WorkerProcess, wait_converged
+from tests.integration.conftest import (
+    CONVERGE_TIMEOUT,
+    LIVE_TIMEOUT,
+    WorkerProcess,
+    wait_converged,
+    wait_live,
+)
 from tests.integration.workload import Workload
 
 
@@ -164,14 +170,18 @@ def test_random_workload_with_crash_converges_in_other_configurations(
     other = WorkerProcess(tmp_path_factory.mktemp("variant"), **variant)
     other.start()
     try:
-        _workload_with_crash(product_db, consumer_dbs, other)
+        # A fresh deployment reads the topics' whole history first (hundreds of thousands of
+        # records late in a CI run); the crash is meant to hit a live worker.
+        wait_live(product_db, consumer_dbs, other)
+        _workload_with_crash(product_db, consumer_dbs, other, timeout=LIVE_TIMEOUT)
     finally:
         other.stop()
         worker.start()
 
 
 def _workload_with_crash(
-    product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess
+    product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
+    timeout: float = CONVERGE_TIMEOUT,
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"\nworkload seed: {seed}")
@@ -181,6 +191,6 @@ def _workload_with_crash(
     wl.run(100)  # changes made while the worker is down
     worker.start()
     wl.run(150)
-    views = wait_converged(product_db, consumer_dbs, worker)
+    views = wait_converged(product_db, consumer_dbs, worker, timeout)
     print(f"converged: {wl.counts}; rows: " + ", ".join(f"{k}={len(v)}" for k, v in views.items()))
     assert sum(wl.counts.values()) >= 400
