@@ -102,6 +102,7 @@ def main_options(
 class Instance(enum.StrEnum):
     test = "test"
     bench = "bench"
+    secure = "secure"
 
 
 @stack_cli.callback()

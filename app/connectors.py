@@ -1,8 +1,9 @@
 """`viewsync connectors apply | status | restart`: the Kafka Connect REST API.
 
 Connector configs live in ``connectors/*.json`` with ``{placeholders}`` filled from the
-settings (hosts, ports, topic prefix). Secrets are never written there: the Connect worker
-resolves ``${env:VIEWSYNC_DB_PASSWORD}`` itself.
+settings (hosts, ports, topic prefix), and the security settings added
+(``app.clients.connector_security``). Secrets are never written there: the Connect worker
+resolves ``${env:VIEWSYNC_DB_PASSWORD}`` (and the other ``${env:…}``) itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from app.clients import connector_security
 from app.resources import bundled
 from app.settings import Settings
 
@@ -53,7 +55,9 @@ def render(path: Traversable, settings: Settings) -> tuple[str, dict[str, str]]:
         return values[key]
 
     doc = json.loads(_PLACEHOLDER.sub(sub, path.read_text(encoding="utf-8")))
-    return str(doc["name"]), {k: str(v) for k, v in doc["config"].items()}
+    config = {k: str(v) for k, v in doc["config"].items()}
+    config.update(connector_security(settings))
+    return str(doc["name"]), config
 
 
 class ConnectClient:

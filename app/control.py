@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from app.clients import kafka_config
 from app.settings import Settings
 
 Op = Literal["resync", "repair"]
@@ -60,7 +61,7 @@ def decode(value: bytes | None, views: set[str]) -> Command | str:
 def ensure_control_topic(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    admin = AdminClient(kafka_config(settings))
     topic = settings.control_topic()
     if topic in admin.list_topics(timeout=30).topics:
         return
@@ -111,8 +112,8 @@ def send(settings: Settings, commands: list[Command]) -> int:
         if err is None:
             offsets.append(int(msg.offset()))  # type: ignore[attr-defined]
 
-    p = Producer({"bootstrap.servers": settings.bootstrap(), "acks": "all",
-                  "enable.idempotence": True})
+    p = Producer(kafka_config(settings, {"acks": "all",
+                  "enable.idempotence": True}))
     for cmd in commands:
         p.produce(settings.control_topic(), value=encode(cmd), on_delivery=delivered)
     if p.flush(60) != 0 or len(offsets) != len(commands):

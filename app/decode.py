@@ -255,10 +255,13 @@ def encode(schema: Any, schema_id: int, record: Mapping[str, Any]) -> bytes:
 class RegistrySchemas:
     """:class:`SchemaSource` backed by the Confluent-compatible API of the registry."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, registry: str | Mapping[str, Any]) -> None:
+        """``registry``: its URL, or a client configuration (``app.clients.registry_config``:
+        the URL and its basic auth)."""
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        self._client = SchemaRegistryClient({"url": url})
+        conf = {"url": registry} if isinstance(registry, str) else dict(registry)
+        self._client = SchemaRegistryClient(conf)
 
     def schema_text(self, schema_id: int) -> str:
         from confluent_kafka.schema_registry.error import SchemaRegistryError

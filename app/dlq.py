@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from app.changes import SOURCE_TABLES
+from app.clients import kafka_config
 from app.settings import Settings
 from app.topic_range import end_offsets, partitions, read_range
 
@@ -76,8 +77,8 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
     topic = settings.dead_letter_topic
     group = f"{settings.worker_id}-dlq-replay"
     result = ReplayResult()
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": group,
-                  "enable.auto.commit": False})
+    c = Consumer(kafka_config(settings, {"group.id": group,
+                  "enable.auto.commit": False}))
     try:
         parts = partitions(settings, topic)
         committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=30)
@@ -101,8 +102,8 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
                 candidates.append((dl, origin))
                 origins.add(origin)
         latest = _latest_offsets(settings, candidates)
-        producer = Producer({"bootstrap.servers": settings.bootstrap(), "acks": "all",
-                             "enable.idempotence": True})
+        producer = Producer(kafka_config(settings, {"acks": "all",
+                             "enable.idempotence": True}))
         for dl, (src, part, off) in candidates:
             if latest.get((src, part, dl.key or b""), -1) > off:
                 result.superseded.append(dl)

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from app.clients import aiokafka_config, kafka_config
 from app.settings import Settings
 from app.shards import ShardCountMismatch
 
@@ -30,7 +31,7 @@ def ensure_lease_topic(settings: Settings) -> None:
     that many (raise :class:`~app.shards.ShardCountMismatch`)."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    admin = AdminClient(kafka_config(settings))
     topic = settings.lease_topic()
     meta = admin.list_topics(timeout=30).topics.get(topic)
     if meta is None:
@@ -80,7 +81,7 @@ class ShardLeases:
                 await leases._set(got)
 
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap(), group_id=s.lease_group(),
+            **aiokafka_config(s), group_id=s.lease_group(),
             client_id=s.member_name(), enable_auto_commit=False,
             session_timeout_ms=s.lease_session_timeout_ms,
             heartbeat_interval_ms=max(s.lease_session_timeout_ms // 6, 300),

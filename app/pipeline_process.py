@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from app.changes import SOURCE_TABLES, SourceTable
+from app.clients import kafka_config, registry_config
 from app.control import Command, ensure_control_topic, send
 from app.decode import Decoder, RegistrySchemas
 from app.logs import setup_logging
@@ -85,9 +86,8 @@ class DeadLetterProducer:
         from confluent_kafka import Producer
 
         self.topic = settings.dead_letter_topic
-        self._bootstrap = settings.bootstrap()
-        self._producer = Producer({"bootstrap.servers": self._bootstrap, "acks": "all",
-                                   "enable.idempotence": True})
+        self._kafka = kafka_config(settings)
+        self._producer = Producer({**self._kafka, "acks": "all", "enable.idempotence": True})
 
     def ensure_topic(self) -> None:
         """Create the dead-letter topic (one partition, the broker's replication factor)
@@ -96,7 +96,7 @@ class DeadLetterProducer:
         # NewTopic is documented under confluent_kafka.admin; the type stubs do not list it.
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        admin = AdminClient(self._kafka)
         if self.topic in admin.list_topics(timeout=30).topics:
             return
         fut = admin.create_topics([NewTopic(self.topic, num_partitions=1)])[self.topic]
@@ -146,7 +146,7 @@ class Components:
         self.topics = topic_tables(settings)
         views = settings.views()
         self.pipeline = Pipeline(
-            Decoder(RegistrySchemas(settings.registry_url()), self.topics), self.store,
+            Decoder(RegistrySchemas(registry_config(settings)), self.topics), self.store,
             views=views, shards=settings.shards, control_topic=settings.control_topic())
         self.sink = DatabaseSink(sink_urls(settings, views), views)
         self.dead_letters = DeadLetterProducer(settings)
@@ -178,7 +178,7 @@ class Components:
             self.web.serve("0.0.0.0", self.settings.metrics_port)
             log.info("status page on http://%s:%d/, metrics on /metrics", self.settings.host,
                      self.settings.metrics_port)
-        await restore(self.settings.bootstrap(), self.settings.data_group(),
+        await restore(kafka_config(self.settings), self.settings.data_group(),
                       (*self.topics, self.settings.control_topic()), self.pipeline)
 
     def close(self) -> None:
@@ -438,6 +438,10 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                 return
             if records:
                 await parts.loop.handle(records, _reporter(conn, seqs, parts.loop))
+            elif control is None and not closing:
+                # Only the worker's periodic "ends" (every 2 s, so the poll above seldom
+                # times out): an idle moment as well, as in the in-process host.
+                await parts.loop.idle()
             if control is not None:
                 _, seq, shards = control
                 await parts.loop.own(frozenset(shards))

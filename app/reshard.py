@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from app.clients import kafka_config
 from app.settings import Settings
 from app.shards import decode_positions, encode_positions, merged_minimum
 from app.sink import shards_table, sink_urls
@@ -68,7 +69,7 @@ def lease_members(settings: Settings) -> list[str]:
     """The members of the deployment's lease group now (its running workers)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    admin = AdminClient(kafka_config(settings))
     group = settings.lease_group()
     desc = admin.describe_consumer_groups([group])[group].result(30)
     return sorted(f"{m.client_id} ({m.host})" for m in desc.members)
@@ -118,7 +119,7 @@ def _rewrite(engine: sa.Engine, consumer: str, shards: int, reset: bool,
 def _recreate_lease_topic(settings: Settings, shards: int, say: Callable[[str], None]) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    admin = AdminClient(kafka_config(settings))
     topic = settings.lease_topic()
     meta = admin.list_topics(timeout=30).topics.get(topic)
     if meta is not None and len(meta.partitions) == shards:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.changes import SOURCE_TABLES
+from app.clients import kafka_config, registry_config
 from app.connectors import ConnectClient, ConnectError
 from app.decode import DecodeFailure, Decoder, RegistrySchemas
 from app.settings import Settings
@@ -62,7 +63,7 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     result = ResnapshotResult()
     client = ConnectClient(settings)
     topics = [settings.topic(t) for t in SOURCE_TABLES]
-    decoder = Decoder(RegistrySchemas(settings.registry_url()),
+    decoder = Decoder(RegistrySchemas(registry_config(settings)),
                       dict(zip(topics, SOURCE_TABLES, strict=True)))
 
     say(f"stopping connector {client.name} and resetting its offsets")
@@ -102,8 +103,8 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     say("snapshot finished; stopping the connector to find the rows it no longer has")
     client.stop()
     ends = _end_offsets(settings, topics)
-    producer = Producer({"bootstrap.servers": settings.bootstrap(), "acks": "all",
-                         "enable.idempotence": True})
+    producer = Producer(kafka_config(settings, {"acks": "all",
+                         "enable.idempotence": True}))
     for topic, table in zip(topics, SOURCE_TABLES, strict=True):
         # Per partition: a tombstone goes to the partition its key's records are in (the
         # producer here does not hash keys as Connect's does).

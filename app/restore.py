@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from app.decode import SchemaUnavailable
 from app.pipeline import Pipeline, RawRecord
@@ -53,12 +54,14 @@ def plan(committed: dict[tuple[str, int], int], store: dict[tuple[str, int], int
     return RestorePlan(ranges)
 
 
-async def restore(bootstrap: str, group: str, topics: Sequence[str], pipeline: Pipeline) -> int:
-    """Apply the records the views have and the state lacks; return how many were applied."""
+async def restore(kafka: Mapping[str, Any], group: str, topics: Sequence[str],
+                  pipeline: Pipeline) -> int:
+    """Apply the records the views have and the state lacks; return how many were applied.
+    ``kafka``: the consumer configuration (``app.clients.kafka_config``)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
     consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+        **kafka, "group.id": group, "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
     })
     try:

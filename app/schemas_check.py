@@ -25,6 +25,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.utils import generate_many
 
 from app.changes import SOURCE_TABLES, SourceTable
+from app.clients import registry_config
 from app.decode import contract
 from app.settings import Settings
 
@@ -65,7 +66,7 @@ def check_registry(settings: Settings) -> list[SchemaCheck]:
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    client = SchemaRegistryClient({"url": settings.registry_url()})
+    client = SchemaRegistryClient(registry_config(settings))
     try:
         default_level: str | None = str(client.get_compatibility())
     except SchemaRegistryError:

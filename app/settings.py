@@ -16,7 +16,7 @@ import socket
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +78,37 @@ class Settings(BaseSettings):
     #: purchase; ``VIEWSYNC_<CONSUMER>_DB_URL`` in the environment wins.
     consumer_db_urls: dict[str, SecretStr] = Field(default_factory=dict)
 
+    # --- secure connections (README, "Secure connections") -----------------------------
+    #: How every client (worker, CLI, Kafka Connect) talks to Kafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    #: PEM file of the CA(s) that signed the brokers' certificates (default: the system's
+    #: CAs; with ``stack_tls``, the local stack's own CA).
+    kafka_ssl_cafile: Path | None = None
+    #: HTTP basic auth to the schema registry (the worker, the CLI and the connector's
+    #: converters; Connect reads the password from ``VIEWSYNC_REGISTRY_PASSWORD``).
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    #: TLS to every database, the source and the consumers: ``disable``, ``require``
+    #: (encrypted, the server not verified), ``verify-ca`` or ``verify-full`` (the CA and
+    #: the host name). A URL's own TLS parameters win over these.
+    db_ssl_mode: Literal["disable", "require", "verify-ca", "verify-full"] = "disable"
+    #: PEM file of the CA that signed the databases' certificates (``verify-*``).
+    db_ssl_cafile: Path | None = None
+    #: The same CA as a PKCS12 truststore for the Debezium connector (Java), and its
+    #: password (Connect reads it from ``VIEWSYNC_DB_SSL_TRUSTSTORE_PASSWORD``). With
+    #: ``stack_tls``: made by the stack.
+    db_ssl_truststore: Path | None = None
+    db_ssl_truststore_password: SecretStr = SecretStr("viewsync-truststore")
+    #: The local stack makes a CA of its own (``<state_dir>/tls``) and serves what the
+    #: settings above ask for: Kafka over SASL_SSL with a SCRAM user, the databases over
+    #: TLS only. Chosen when the stack's data is first made (``stack down --purge`` to
+    #: change it).
+    stack_tls: bool = False
+
     # --- pipeline ------------------------------------------------------------------------
     topic_prefix: str = Field("product", pattern=r"^[A-Za-z0-9_.-]+$")
     source_database: str = Field("product", pattern=r"^[A-Za-z0-9_]+$")
@@ -138,6 +169,73 @@ class Settings(BaseSettings):
             seen[port] = name
         return self
 
+    @model_validator(mode="after")
+    def _secure_settings(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            for name in ("kafka_sasl_username", "kafka_sasl_password"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name} (VIEWSYNC_{name.upper()}) is required with "
+                                     f"kafka_security_protocol {self.kafka_security_protocol}")
+        if (self.registry_username is None) != (self.registry_password is None):
+            raise ValueError("registry_username and registry_password (VIEWSYNC_REGISTRY_"
+                             "USERNAME, VIEWSYNC_REGISTRY_PASSWORD) go together")
+        if self.db_ssl_mode.startswith("verify") and self.db_ca() is None:
+            raise ValueError(f"db_ssl_cafile (VIEWSYNC_DB_SSL_CAFILE) is required with "
+                             f"db_ssl_mode {self.db_ssl_mode}")
+        for name in ("kafka_ssl_cafile", "db_ssl_cafile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} (VIEWSYNC_{name.upper()}): no file {path}")
+        return self
+
+    # --- secure connections ------------------------------------------------------------
+    def tls_dir(self) -> Path:
+        """Where the local stack keeps its CA and certificates (``stack_tls``)."""
+        return self.state_dir / "tls"
+
+    def kafka_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    def kafka_ca(self) -> Path | None:
+        """The CA file the Kafka clients trust (None: the system's)."""
+        if self.kafka_ssl_cafile is not None:
+            return self.kafka_ssl_cafile
+        return self.tls_dir() / "ca.pem" if self.stack_tls and self.kafka_tls() else None
+
+    def db_ca(self) -> Path | None:
+        if self.db_ssl_cafile is not None:
+            return self.db_ssl_cafile
+        if self.stack_tls and self.db_ssl_mode != "disable":
+            return self.tls_dir() / "ca.pem"
+        return None
+
+    def db_truststore(self) -> Path | None:
+        if self.db_ssl_truststore is not None:
+            return self.db_ssl_truststore
+        if self.stack_tls and self.db_ssl_mode != "disable":
+            return self.tls_dir() / "ca.p12"
+        return None
+
+    def _with_db_tls(self, url: str) -> str:
+        """``url`` with the TLS parameters of ``db_ssl_mode`` added (those it has win)."""
+        mode = self.db_ssl_mode
+        if mode == "disable":
+            return url
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        ca = self.db_ca()
+        if parts.scheme.startswith("postgresql"):  # libpq's own modes
+            add = {"sslmode": mode} | ({"sslrootcert": str(ca)} if ca else {})
+        elif parts.scheme.startswith(("mysql", "mariadb")):  # SQLAlchemy's ssl_* for PyMySQL
+            add = {"ssl_check_hostname": "true" if mode == "verify-full" else "false"}
+            if ca is not None and mode != "require":
+                add["ssl_ca"] = str(ca)
+        else:
+            return url
+        for key, value in add.items():
+            query.setdefault(key, value)
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
     # --- derived endpoints -------------------------------------------------------------
     def _mariadb_url(self, port: int, database: str) -> str:
         pw = quote(self.db_password.get_secret_value(), safe="")
@@ -145,14 +243,17 @@ class Settings(BaseSettings):
 
     def product_url(self) -> str:
         if self.source_url is not None:
-            return self.source_url.get_secret_value()
-        return self._mariadb_url(self.product_db_port, self.source_database)
+            return self._with_db_tls(self.source_url.get_secret_value())
+        return self._with_db_tls(self._mariadb_url(self.product_db_port, self.source_database))
 
     def consumer_url(self, consumer: str) -> str:
         """The SQLAlchemy URL of one consumer database: ``VIEWSYNC_<CONSUMER>_DB_URL`` (or
         ``consumer_db_urls`` in the config file); else the local stack's — ``order`` and
         any other consumer a database of its name on the consumers' PostgreSQL server,
-        ``purchase`` on the Purchase MariaDB."""
+        ``purchase`` on the Purchase MariaDB. With the TLS of ``db_ssl_mode``."""
+        return self._with_db_tls(self._consumer_url(consumer))
+
+    def _consumer_url(self, consumer: str) -> str:
         given = {"order": self.order_db_url, "purchase": self.purchase_db_url}.get(consumer)
         if given is not None:
             return given.get_secret_value()

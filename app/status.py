@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.changes import SOURCE_TABLES
+from app.clients import kafka_config
 from app.settings import Settings
 from app.shards import merged_minimum
 from app.sink import sink_urls
@@ -93,13 +94,12 @@ def _workers(settings: Settings, st: Status, ends: Positions) -> None:
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    admin = AdminClient(kafka_config(settings))
     group = settings.lease_group()
     desc = admin.describe_consumer_groups([group])[group].result(30)
     for m in desc.members:
-        c = Consumer({"bootstrap.servers": settings.bootstrap(),
-                      "group.id": f"{settings.worker_id}.{m.client_id}",
-                      "enable.auto.commit": False})
+        c = Consumer(kafka_config(settings, {"group.id": f"{settings.worker_id}.{m.client_id}",
+                      "enable.auto.commit": False}))
         try:
             committed = c.committed([TopicPartition(t, p) for t, p in ends], timeout=30)
             lag: int | None = sum(max(0, ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
@@ -172,7 +172,7 @@ def dead_letter_count(settings: Settings) -> int:
 
     from app.topic_range import partitions
 
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-status"})
+    c = Consumer(kafka_config(settings, {"group.id": "viewsync-status"}))
     try:
         return sum(hi - lo for lo, hi in (
             c.get_watermark_offsets(TopicPartition(settings.dead_letter_topic, p), timeout=30)

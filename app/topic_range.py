@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
+from app.clients import kafka_config
 from app.settings import Settings
 
 
@@ -25,7 +26,7 @@ def partitions(settings: Settings, topic: str) -> list[int]:
     """The topic's partitions (none when it does not exist)."""
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient({"bootstrap.servers": settings.bootstrap()}).list_topics(topic, timeout=30)
+    md = AdminClient(kafka_config(settings)).list_topics(topic, timeout=30)
     t = md.topics.get(topic)
     if t is None or t.error is not None:
         return []
@@ -36,8 +37,8 @@ def end_offsets(settings: Settings, topic: str, parts: list[int]) -> dict[int, i
     """The next offset of each partition of ``parts``, as of now."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-reader",
-                  "enable.auto.commit": False})
+    c = Consumer(kafka_config(settings, {"group.id": "viewsync-reader",
+                  "enable.auto.commit": False}))
     try:
         return {p: max(c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1], 0)
                 for p in parts}
@@ -62,8 +63,8 @@ def read_range(settings: Settings, topic: str, starts: dict[int, int],
     todo = {p for p in starts if starts[p] < ends[p]}
     if not todo:
         return
-    c = Consumer({"bootstrap.servers": settings.bootstrap(), "group.id": "viewsync-reader",
-                  "enable.auto.commit": False})
+    c = Consumer(kafka_config(settings, {"group.id": "viewsync-reader",
+                  "enable.auto.commit": False}))
     try:
         c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         while todo:

@@ -29,6 +29,7 @@ import faust
 from mode.supervisors import CrashingSupervisor
 
 from app.changes import SOURCE_TABLES
+from app.clients import aiokafka_config
 from app.leases import ShardLeases
 from app.pipeline import RawRecord
 from app.pipeline_process import KafkaSource, PipelineHost, host_for
@@ -37,12 +38,25 @@ from app.settings import Settings
 log = logging.getLogger("viewsync.worker")
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust's form of the Kafka security settings (``app.clients``)."""
+    auth = aiokafka_config(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=auth["sasl_plain_username"], password=auth["sasl_plain_password"],
+            ssl_context=auth.get("ssl_context"), mechanism=auth["sasl_mechanism"])
+    if "ssl_context" in auth:
+        return faust.SSLCredentials(auth["ssl_context"])
+    return None
+
+
 def build_app(settings: Settings) -> faust.App:
     return faust.App(
         # Every worker reads every partition (its join state is whole; ``app.shards``
         # decides which rows it writes), so each reads in a consumer group of its own.
         settings.data_group(),
         broker=f"kafka://{settings.bootstrap()}",
+        broker_credentials=broker_credentials(settings),
         # Faust's own files live with the worker's state, not in the current directory.
         datadir=str(settings.worker_dir() / "faust"),
         topic_partitions=1,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from app.clients import java_kafka_properties, kafka_config
 from app.settings import Settings
 
 MAVEN_DIR = Path(__file__).parent / "maven"
@@ -150,6 +151,56 @@ class StackDefinition:
         if is_root():
             shutil.chown(path, "postgres", "postgres")
 
+    # ---------------------------------------------------------------- TLS (stack_tls)
+    def ensure_tls(self) -> None:
+        """With ``stack_tls``: a CA of the stack's own and one server certificate for the
+        stack's host, signed by it, in ``<state>/tls`` (made once, idempotent). The
+        clients trust ``ca.pem`` (``ca.p12`` for the Java connector)."""
+        d = self.s.tls_dir()
+        if (d / "server.pem").exists() and (d / "ca.p12").exists():
+            return
+        if shutil.which("openssl") is None:
+            raise FileNotFoundError("openssl is needed to make the stack's CA (package openssl)")
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o755)
+        host = self.s.host
+        alt = f"IP:{host}" if _is_ip(host) else f"DNS:{host}"
+        san = ",".join(dict.fromkeys([alt, "IP:127.0.0.1", "DNS:localhost"]))
+
+        def run(*cmd: str) -> None:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=d)
+
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+            "-subj", "/CN=viewsync local stack CA", "-keyout", "ca.key", "-out", "ca.pem",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+            "-keyout", "server.key", "-out", "server.csr")
+        (d / "server.ext").write_text(
+            f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n")
+        run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "3650", "-extfile", "server.ext", "-out", "server.pem")
+        # Kafka's PEM keystore: the (PKCS#8) key and its certificate in one file.
+        (d / "kafka.pem").write_text((d / "server.key").read_text()
+                                     + (d / "server.pem").read_text())
+        # PostgreSQL reads its key only when the server's user owns it, mode 0600.
+        (d / "postgres.key").write_bytes((d / "server.key").read_bytes())
+        (d / "postgres.key").chmod(0o600)
+        if is_root():
+            shutil.chown(d / "postgres.key", "postgres", "postgres")
+        for key in ("ca.key", "server.key", "kafka.pem"):
+            (d / key).chmod(0o600)
+        store = d / "ca.p12"
+        store.unlink(missing_ok=True)
+        run("keytool", "-importcert", "-noprompt", "-alias", "viewsync-ca", "-file", "ca.pem",
+            "-keystore", str(store), "-storetype", "PKCS12",
+            "-storepass", self.s.db_ssl_truststore_password.get_secret_value())
+
+    def _db_tls(self) -> bool:
+        return self.s.stack_tls and self.s.db_ssl_mode != "disable"
+
     # ---------------------------------------------------------------- MariaDB
     def _mariadb(self, name: str, port: int, server_id: int, binlog: bool, desc: str) -> Component:
         datadir = self.p.data(name)
@@ -170,6 +221,10 @@ class StackDefinition:
                    f"--server-id={server_id}", "--character-set-server=utf8mb4",
                    "--collation-server=utf8mb4_unicode_ci", "--innodb-buffer-pool-size=128M",
                    "--max-connections=200", "--skip-name-resolve"]
+            if self._db_tls():  # TLS only
+                t = self.s.tls_dir()
+                cmd += [f"--ssl-ca={t / 'ca.pem'}", f"--ssl-cert={t / 'server.pem'}",
+                        f"--ssl-key={t / 'server.key'}", "--require-secure-transport=ON"]
             if binlog:
                 cmd += ["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL",
                         "--binlog-expire-logs-seconds=604800"]
@@ -193,6 +248,13 @@ class StackDefinition:
 
         def prepare() -> None:
             self._own_for_pg(self._pg_socket_dir())
+            if self._db_tls():  # TCP connections over TLS only; the unix socket for the stack
+                self.p.conf.mkdir(parents=True, exist_ok=True)
+                hba = self.p.conf / "pg_hba.conf"
+                hba.write_text("local all all trust\n"
+                               "hostssl all all 0.0.0.0/0 scram-sha-256\n"
+                               "hostssl all all ::/0 scram-sha-256\n")
+                hba.chmod(0o644)
             if not (datadir / "PG_VERSION").exists():
                 self._own_for_pg(datadir)
                 subprocess.run(
@@ -203,12 +265,19 @@ class StackDefinition:
                 )
 
         def command() -> list[str]:
-            return [
+            cmd = [
                 pg_bin("postgres"), "-D", str(datadir), "-p", str(self.s.order_db_port),
                 "-c", f"listen_addresses={self.s.host}",
                 "-c", f"unix_socket_directories={self._pg_socket_dir()}",
                 "-c", "shared_buffers=128MB", "-c", "fsync=on", "-c", "max_connections=200",
             ]
+            if self._db_tls():
+                t = self.s.tls_dir()
+                cmd += ["-c", "ssl=on", "-c", f"ssl_cert_file={t / 'server.pem'}",
+                        "-c", f"ssl_key_file={t / 'postgres.key'}",
+                        "-c", f"ssl_ca_file={t / 'ca.pem'}",
+                        "-c", f"hba_file={self.p.conf / 'pg_hba.conf'}"]
+            return cmd
 
         def healthy() -> bool:
             if not port_open(self.s.host, self.s.order_db_port):
@@ -238,13 +307,15 @@ class StackDefinition:
             self.p.conf.mkdir(parents=True, exist_ok=True)
             (self.p.conf / "log4j2.properties").write_text(LOG4J2)
             h, kp, cport = self.s.host, self.s.kafka_port, self.s.kafka_controller_port
+            lst = self._kafka_listener()
             conf.write_text(
                 "process.roles=broker,controller\nnode.id=1\n"
                 f"controller.quorum.voters=1@{h}:{cport}\n"
-                f"listeners=PLAINTEXT://{h}:{kp},CONTROLLER://{h}:{cport}\n"
-                f"advertised.listeners=PLAINTEXT://{h}:{kp}\n"
-                "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+                f"listeners={lst}://{h}:{kp},CONTROLLER://{h}:{cport}\n"
+                f"advertised.listeners={lst}://{h}:{kp}\n"
+                f"controller.listener.names=CONTROLLER\ninter.broker.listener.name={lst}\n"
+                f"listener.security.protocol.map={lst}:{lst},CONTROLLER:PLAINTEXT\n"
+                + self._kafka_security(lst) +
                 f"log.dirs={datadir}\nnum.partitions=1\n"
                 "offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n"
                 "transaction.state.log.min.isr=1\nshare.coordinator.state.topic.replication.factor=1\n"
@@ -252,13 +323,27 @@ class StackDefinition:
                 "group.initial.rebalance.delay.ms=0\nauto.create.topics.enable=true\n"
                 "log.retention.hours=-1\n"
             )
+            conf.chmod(0o600)
+            scram = datadir / ".viewsync-scram"
             if not (datadir / "meta.properties").exists():
                 datadir.mkdir(parents=True, exist_ok=True)
+                users: list[str] = []
+                if lst == "SASL_SSL":  # the SCRAM user, made with the metadata (KRaft)
+                    pw = self.s.kafka_sasl_password
+                    assert pw is not None  # the settings validate it
+                    users = ["--add-scram", f"{self.s.kafka_sasl_mechanism}=[name="
+                             f"{self.s.kafka_sasl_username},password={pw.get_secret_value()}]"]
                 subprocess.run(
                     self._java(cp, "kafka.tools.StorageTool", "format", "-t",
-                               _cluster_id(), "-c", str(conf), "--ignore-formatted"),
+                               _cluster_id(), "-c", str(conf), "--ignore-formatted", *users),
                     check=True, capture_output=True, text=True,
                 )
+                if users:
+                    scram.write_text(f"{self.s.kafka_sasl_username}\n")
+            if lst == "SASL_SSL" and not scram.exists():
+                raise RuntimeError(
+                    f"the Kafka data in {datadir} was made without SCRAM users; "
+                    "`viewsync stack down --purge` makes the stack anew with stack_tls")
 
         def healthy() -> bool:
             if not port_open(self.s.host, self.s.kafka_port):
@@ -266,13 +351,37 @@ class StackDefinition:
             from confluent_kafka.admin import AdminClient
 
             try:
-                md = AdminClient({"bootstrap.servers": self.s.bootstrap()}).list_topics(timeout=3)
+                md = AdminClient(kafka_config(self.s)).list_topics(timeout=3)
                 return bool(md.brokers)
             except Exception:
                 return False
 
         return Component("kafka", self.s.kafka_port, "Apache Kafka broker+controller (KRaft)",
                          prepare, lambda: self._java(cp, "kafka.Kafka", str(conf)), healthy)
+
+    def _kafka_listener(self) -> str:
+        """The broker's one client listener: PLAINTEXT, or SASL_SSL with ``stack_tls``."""
+        proto = self.s.kafka_security_protocol
+        if proto == "PLAINTEXT":
+            return proto
+        if proto == "SASL_SSL" and self.s.stack_tls:
+            return proto
+        raise RuntimeError(
+            f"the local stack serves Kafka as PLAINTEXT, or as SASL_SSL with stack_tls; not "
+            f"kafka_security_protocol {proto} with stack_tls {self.s.stack_tls}")
+
+    def _kafka_security(self, listener: str) -> str:
+        if listener == "PLAINTEXT":
+            return ""
+        t, mech = self.s.tls_dir(), self.s.kafka_sasl_mechanism
+        pw = self.s.kafka_sasl_password
+        assert pw is not None  # the settings validate it
+        # The broker's own login (inter-broker) is the same SCRAM user; this file is 0600.
+        jaas = java_kafka_properties(self.s, pw.get_secret_value())["sasl.jaas.config"]
+        return (f"sasl.enabled.mechanisms={mech}\nsasl.mechanism.inter.broker.protocol={mech}\n"
+                f"listener.name.sasl_ssl.{mech.lower()}.sasl.jaas.config={jaas}\n"
+                f"ssl.keystore.type=PEM\nssl.keystore.location={t / 'kafka.pem'}\n"
+                f"ssl.truststore.type=PEM\nssl.truststore.location={t / 'ca.pem'}\n")
 
     def _registry(self) -> Component:
         home = self.p.lib / "registry"
@@ -327,6 +436,11 @@ class StackDefinition:
                 "config.providers=env\n"
                 "config.providers.env.class="
                 "org.apache.kafka.common.config.provider.EnvVarConfigProvider\n"
+                # Kafka's security, for the worker's own clients and the connectors' (the
+                # password a ${env:} reference).
+                + "".join(f"{prefix}{k}={v}\n" for prefix in ("", "producer.", "consumer.",
+                                                              "admin.")
+                          for k, v in java_kafka_properties(self.s).items())
             )
 
         def healthy() -> bool:
@@ -355,6 +469,16 @@ class StackDefinition:
             self._registry(),
             self._connect(),
         ]
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _cluster_id() -> str:

@@ -17,7 +17,17 @@ from typing import Any
 from app.settings import Settings
 
 #: Port offsets of the named instances (the default instance is offset 0).
-INSTANCES: dict[str, int] = {"test": 20_000, "bench": 30_000}
+INSTANCES: dict[str, int] = {"test": 20_000, "bench": 30_000, "secure": 40_000}
+
+#: Settings of the instances beyond their ports and state: ``secure`` is the stack with
+#: everything on that ``stack_tls`` serves (Kafka SASL_SSL/SCRAM, TLS-only databases,
+#: verified against the stack's own CA) — what the secure end-to-end test runs on.
+#: (Loopback-only, local credentials like ``db_password``'s default.)
+EXTRA: dict[str, dict[str, Any]] = {
+    "secure": {"stack_tls": True, "kafka_security_protocol": "SASL_SSL",
+               "kafka_sasl_username": "viewsync", "kafka_sasl_password": "viewsync-local",
+               "db_ssl_mode": "verify-full"},
+}
 
 #: Settings fields that are ports of the stack.
 PORT_FIELDS = ("product_db_port", "purchase_db_port", "order_db_port", "kafka_port",
@@ -41,6 +51,7 @@ def instance_overrides(name: str) -> dict[str, Any]:
     values["state_dir"] = default_dir.with_name(f"{default_dir.name}-{name}")
     for f in ENDPOINT_FIELDS:
         values[f] = None
+    values.update(EXTRA.get(name, {}))
     return values
 
 

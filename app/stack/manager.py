@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.clients import connect_worker_env, kafka_config
 from app.settings import Settings
 from app.stack.components import (
     APT_PACKAGES,
@@ -159,7 +160,7 @@ def start(paths: Paths, comp: Component, settings: Settings) -> subprocess.Popen
     logf = open(paths.log(comp.name), "ab")  # noqa: SIM115 - handed to the child
     env = dict(os.environ)
     env.update(comp.env)
-    env["VIEWSYNC_DB_PASSWORD"] = settings.db_password.get_secret_value()
+    env.update(connect_worker_env(settings))  # the secrets Connect resolves (${env:…})
     proc = subprocess.Popen(
         list(comp.command()), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=str(paths.state),
@@ -231,6 +232,12 @@ class Stack:
         self.paths.state.mkdir(parents=True, exist_ok=True)
         install_packages()
         install_maven(self.paths)
+        if self.settings.stack_tls:
+            with step(f"TLS: the stack's CA and certificate in {self.settings.tls_dir()}"):
+                try:
+                    self.defn.ensure_tls()
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    raise StackError(f"could not make the stack's CA: {_why(exc)}") from exc
         bootstraps: dict[str, Callable[[], None]] = {
             "product-db": self._bootstrap_product,
             "purchase-db": self._bootstrap_purchase,
@@ -243,7 +250,10 @@ class Stack:
                 with step(f"start {comp.name} on {self.settings.host}:{comp.port}"):
                     if read_pid(self.paths, comp.name) is not None:
                         stop(self.paths, comp)
-                    comp.prepare()
+                    try:
+                        comp.prepare()
+                    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                        raise StackError(f"{comp.name}: {_why(exc)}") from exc
                     proc = start(self.paths, comp, self.settings)
                     wait_ready(self.paths, comp, proc)
             if comp.name in bootstraps:
@@ -338,7 +348,7 @@ def ensure_source_topics(settings: Settings) -> list[str]:
 
     from app.changes import SOURCE_TABLES
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap()})
+    admin = AdminClient(kafka_config(settings))
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = {settings.topic(t): settings.source_partitions if t in ("products", "batches")
               else 1 for t in SOURCE_TABLES if settings.topic(t) not in existing}
@@ -356,6 +366,13 @@ def ensure_source_topics(settings: Settings) -> list[str]:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StackError(f"could not create topic {name}: {exc}") from exc
     return list(wanted)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        out = (exc.stderr or exc.stdout or "")[-1500:]
+        return f"{' '.join(map(str, exc.cmd[:2]))}… failed: {out}"  # no arguments: secrets
+    return str(exc)
 
 
 def _mariadb_user_sql(s: Settings) -> str:
