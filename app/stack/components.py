@@ -25,7 +25,7 @@ from app.settings import Settings
 MAVEN_DIR = Path(__file__).parent / "maven"
 SQL_DIR = Path(__file__).parent / "sql"
 
-APT_PACKAGES = ("mariadb-server", "mariadb-client", "postgresql", "postgresql-client")
+APT_PACKAGES = ("mariadb-server", "mariadb-client", "postgresql", "postgresql-client", "openssl")
 
 #: JVM flag sets for the stack's Java components (setting ``jvm_profile``): "small" (C1 only,
 #: SerialGC: quick to start, light on a 2-core machine; for tests) or "production" (the JVM's

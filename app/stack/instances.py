@@ -25,7 +25,7 @@ INSTANCES: dict[str, int] = {"test": 20_000, "bench": 30_000, "secure": 40_000}
 #: (Loopback-only, local credentials like ``db_password``'s default.)
 EXTRA: dict[str, dict[str, Any]] = {
     "secure": {"stack_tls": True, "kafka_security_protocol": "SASL_SSL",
-               "kafka_sasl_username": "viewsync", "kafka_sasl_password": "viewsync-local",
+               "kafka_sasl_username": "viewsync", "kafka_sasl_password": "viewsync-local-kafka",
                "db_ssl_mode": "verify-full"},
 }
 

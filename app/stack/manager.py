@@ -60,7 +60,7 @@ def step(title: str) -> Iterator[None]:
 
 # ------------------------------------------------------------------------ install
 def _missing_binaries() -> list[str]:
-    missing = [b for b in ("mariadbd", "mariadb", "mariadb-install-db", "psql")
+    missing = [b for b in ("mariadbd", "mariadb", "mariadb-install-db", "psql", "openssl")
                if shutil.which(b) is None]
     try:
         pg_bin("postgres")
@@ -324,6 +324,20 @@ class Stack:
             ("VIEWSYNC_CONNECT_URL", s.connect()),
             ("VIEWSYNC_STATE_DIR", str(s.state_dir)),
         ]
+        if s.stack_tls:
+            pairs.append(("VIEWSYNC_STACK_TLS", "true"))
+        if s.kafka_security_protocol != "PLAINTEXT":
+            pairs.append(("VIEWSYNC_KAFKA_SECURITY_PROTOCOL", s.kafka_security_protocol))
+        if s.kafka_sasl_username and s.kafka_sasl_password:
+            pairs += [("VIEWSYNC_KAFKA_SASL_MECHANISM", s.kafka_sasl_mechanism),
+                      ("VIEWSYNC_KAFKA_SASL_USERNAME", s.kafka_sasl_username),
+                      ("VIEWSYNC_KAFKA_SASL_PASSWORD", s.kafka_sasl_password.get_secret_value())]
+        if (ca := s.kafka_ca()) is not None:
+            pairs.append(("VIEWSYNC_KAFKA_SSL_CAFILE", str(ca)))
+        if s.db_ssl_mode != "disable":  # (the URLs above carry it already)
+            pairs.append(("VIEWSYNC_DB_SSL_MODE", s.db_ssl_mode))
+            if (ca := s.db_ca()) is not None:
+                pairs.append(("VIEWSYNC_DB_SSL_CAFILE", str(ca)))
         return [f"export {k}='{v}'" for k, v in pairs]
 
     def logs(self, component: str | None, lines: int) -> str:
