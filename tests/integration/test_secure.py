@@ -6,21 +6,27 @@ password reaches a log."""
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pymysql
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from app.clients import kafka_config
+from app.clients import kafka_config, registry_config
+from app.decode import RegistrySchemas, SchemaUnavailable
 from app.settings import Settings, load_settings
 from app.stack.instances import instance_env, instance_overrides
 from app.stack.manager import Stack, StackError
@@ -134,3 +140,76 @@ def test_pipeline_end_to_end_over_sasl_ssl_and_tls(
     for name, text in logs.items():
         for secret in secrets:
             assert secret not in text, f"a password is in the {name} log"
+
+
+REGISTRY_USER, REGISTRY_PASSWORD = "viewsync-reader", "registry-s3cret"
+
+
+@pytest.fixture(scope="module")
+def registry_behind_basic_auth(secure: Settings) -> Iterator[str]:
+    """The real registry behind a gate that lets only HTTP basic auth through: Apicurio 2.6
+    enforces basic auth only together with a Keycloak server, which this machine cannot
+    run. The gate checks the header and forwards the request unchanged."""
+    upstream = f"http://{secure.host}:{secure.registry_port}"
+    expected = "Basic " + base64.b64encode(
+        f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+
+    class Gate(BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="registry"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            r = httpx.request(self.command, upstream + self.path, content=body, timeout=30,
+                              headers={k: v for k, v in self.headers.items()
+                                       if k.lower() in ("content-type", "accept")})
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", r.headers.get("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+        do_GET = do_POST = do_PUT = _forward
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((secure.host, 0), Gate)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{secure.host}:{server.server_address[1]}/apis/ccompat/v7"
+    server.shutdown()
+
+
+def test_registry_basic_auth(secure: Settings, registry_behind_basic_auth: str,
+                             engines: tuple[sa.Engine, dict[str, sa.Engine]]) -> None:
+    # A schema Debezium registered: one change in the source makes sure there is one.
+    product_db, _ = engines
+    cid = (1 << 36) + random.randrange(1 << 30)
+    with product_db.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO categories VALUES ({cid}, NULL, 'auth', 'Auth')"))
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{secure.registry_url()}/schemas/ids/1", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "Debezium registered no schema within 120 s"
+        time.sleep(0.5)
+    authed = load_settings(**{**instance_overrides("secure"),
+                              "schema_registry_url": registry_behind_basic_auth,
+                              "registry_username": REGISTRY_USER,
+                              "registry_password": REGISTRY_PASSWORD})
+    assert registry_config(authed)["basic.auth.user.info"]
+    assert "type" in RegistrySchemas(registry_config(authed)).schema_text(1)
+    with pytest.raises(SchemaUnavailable, match=r"401|nauthorized"):
+        RegistrySchemas(registry_behind_basic_auth).schema_text(1)
+    # The CLI with the same settings from the environment: `schemas check` reads every
+    # subject through the gate.
+    env = dict(instance_env("secure", dict(os.environ)),
+               VIEWSYNC_SCHEMA_REGISTRY_URL=registry_behind_basic_auth,
+               VIEWSYNC_REGISTRY_USERNAME=REGISTRY_USER,
+               VIEWSYNC_REGISTRY_PASSWORD=REGISTRY_PASSWORD)
+    out = subprocess.run([sys.executable, "-m", "app.cli", "schemas", "check"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "reads as the contract" in out.stdout
+    assert REGISTRY_PASSWORD not in out.stdout + out.stderr
