@@ -25,6 +25,7 @@ from typing import Literal
 
 from app.clients import kafka_config
 from app.settings import Settings
+from app.topic_range import ensure_topic
 
 Op = Literal["resync", "repair"]
 
@@ -59,17 +60,7 @@ def decode(value: bytes | None, views: set[str]) -> Command | str:
 
 
 def ensure_control_topic(settings: Settings) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient(kafka_config(settings))
-    topic = settings.control_topic()
-    if topic in admin.list_topics(timeout=30).topics:
-        return
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
-    except Exception as exc:  # a worker created it at the same moment
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise
+    ensure_topic(settings, settings.control_topic())
 
 
 def carried_out(settings: Settings, consumer: str, end: int) -> bool:

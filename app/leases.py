@@ -19,9 +19,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from app.clients import aiokafka_config, kafka_config
+from app.clients import aiokafka_config
 from app.settings import Settings
 from app.shards import ShardCountMismatch
+from app.topic_range import ensure_topic
 
 log = logging.getLogger("viewsync.leases")
 
@@ -29,22 +30,10 @@ log = logging.getLogger("viewsync.leases")
 def ensure_lease_topic(settings: Settings) -> None:
     """Create the lease topic with ``settings.shards`` partitions, or check that it has
     that many (raise :class:`~app.shards.ShardCountMismatch`)."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient(kafka_config(settings))
     topic = settings.lease_topic()
-    meta = admin.list_topics(timeout=30).topics.get(topic)
-    if meta is None:
-        fut = admin.create_topics([NewTopic(topic, num_partitions=settings.shards)])[topic]
-        try:
-            fut.result(30)
-            log.info("lease topic %s created with %d shards", topic, settings.shards)
-            return
-        except Exception as exc:  # a worker started at the same moment made it
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-        meta = admin.list_topics(timeout=30).topics.get(topic)
-    have = len(meta.partitions) if meta is not None else 0
+    created, have = ensure_topic(settings, topic, settings.shards)
+    if created:
+        log.info("lease topic %s created with %d shards", topic, settings.shards)
     if have != settings.shards:
         raise ShardCountMismatch(
             f"the deployment {settings.worker_id!r} has {have} shards (topic {topic}), this "

@@ -34,8 +34,8 @@ client's ``_created`` sample); histograms as ``_bucket``/``_sum``/``_count``.
     Info-style series naming the worker (default: the host name); the dashboard joins it on
     ``instance`` to label the other series per worker.
 
-The HTTP endpoint (:meth:`Metrics.serve`) answers ``GET /metrics`` in the text exposition
-format from a daemon thread; the worker enables it with ``VIEWSYNC_METRICS_PORT``.
+The worker serves :meth:`Metrics.render` as ``GET /metrics`` (the text exposition format),
+with its status page, from ``app.web`` on ``VIEWSYNC_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Final
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -51,7 +50,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
 )
 
 SOURCE_TABLES: Final = ("categories", "warranty_types", "products", "batches")
@@ -109,7 +107,6 @@ class Metrics:
         self._worker = Gauge("viewsync_worker_info", "The worker's name (always 1)",
                              ["worker"], registry=r)
         self._lag_keys: set[tuple[str, str]] = set()
-        self._server: WSGIServer | None = None
         for table in SOURCE_TABLES:
             self._events.labels(table=table)
         self.worker(socket.gethostname() if worker is None else worker)
@@ -191,18 +188,3 @@ class Metrics:
             out.update(family.name + s for s in _SUFFIXES.get(family.type, ()))
             out.update(sample.name for sample in family.samples)
         return out
-
-    def serve(self, host: str, port: int) -> None:
-        """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; port 0 disables it."""
-        if port == 0:
-            return
-        if self._server is not None:
-            raise RuntimeError("the metrics endpoint is already being served")
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        """Stop the endpoint :meth:`serve` started (no-op if none)."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()

@@ -47,7 +47,7 @@ from app.retry import retry
 from app.settings import Settings
 from app.sink import DatabaseSink, SinkUnavailable, sink_urls
 from app.state import MemoryStore, Positions, RocksStore, StateStore
-from app.topic_range import read_range, topic_ends
+from app.topic_range import ensure_topic, read_range, topic_ends
 from app.web import Web
 
 log = logging.getLogger("viewsync.pipeline")
@@ -86,25 +86,14 @@ class DeadLetterProducer:
         from confluent_kafka import Producer
 
         self.topic = settings.dead_letter_topic
-        self._kafka = kafka_config(settings)
-        self._producer = Producer({**self._kafka, "acks": "all", "enable.idempotence": True})
+        self._settings = settings
+        self._producer = Producer(kafka_config(settings, {"acks": "all",
+                                                          "enable.idempotence": True}))
 
     def ensure_topic(self) -> None:
-        """Create the dead-letter topic (one partition, the broker's replication factor)
-        unless it exists, so that a broker without auto-creation does not stop the worker
-        at its first dead letter."""
-        # NewTopic is documented under confluent_kafka.admin; the type stubs do not list it.
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-        admin = AdminClient(self._kafka)
-        if self.topic in admin.list_topics(timeout=30).topics:
-            return
-        fut = admin.create_topics([NewTopic(self.topic, num_partitions=1)])[self.topic]
-        try:
-            fut.result(30)
-        except Exception as exc:  # a concurrent creator is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+        """Create the dead-letter topic unless it exists, so that a broker without
+        auto-creation does not stop the worker at its first dead letter."""
+        ensure_topic(self._settings, self.topic)
 
     async def send(self, dl: DeadLetter) -> None:
         rec = dl.record

@@ -1,6 +1,7 @@
-"""Read a range of a Kafka topic, outside any consumer group: the one reader the operator
-commands share (``dlq``, ``connectors resnapshot``). The worker's own reading is Faust's,
-and its restore (``app.restore``) feeds the pipeline in batches."""
+"""Kafka topics outside any consumer group: read a range of one — the one reader the
+operator commands share (``dlq``, ``connectors resnapshot``) — find their ends, and create
+one unless it exists. The worker's own reading is Faust's, and its restore
+(``app.restore``) feeds the pipeline in batches."""
 
 from __future__ import annotations
 
@@ -20,6 +21,26 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+
+
+def ensure_topic(settings: Settings, topic: str, partitions: int = 1) -> tuple[bool, int]:
+    """Create ``topic`` with ``partitions`` partitions (the broker's replication factor)
+    unless it exists; another process creating it at the same moment is fine. Returns
+    whether this call created it, and how many partitions it has."""
+    # NewTopic is documented under confluent_kafka.admin; the type stubs do not list it.
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient(kafka_config(settings))
+    meta = admin.list_topics(timeout=30).topics.get(topic)
+    if meta is None:
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic].result(30)
+            return True, partitions
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        meta = admin.list_topics(timeout=30).topics.get(topic)
+    return False, len(meta.partitions) if meta is not None else 0
 
 
 def partitions(settings: Settings, topic: str) -> list[int]:

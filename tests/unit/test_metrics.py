@@ -4,6 +4,7 @@ HTTP endpoint answers ``/metrics``."""
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -141,16 +142,22 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served() -> Iterator[tuple[Metrics, int]]:
+    """The worker's own endpoint (``app.web.Web``: metrics, status page, status.json)."""
+    from app.pipeline import Totals
+    from app.settings import load_settings
+    from app.web import Web
+
     m = Metrics(worker="served")
+    web = Web(load_settings(), m, Totals)
     port = _free_port()
-    m.serve("127.0.0.1", port)
+    web.serve("127.0.0.1", port)
     try:
         yield m, port
     finally:
-        m.close()
+        web.close()
 
 
-def test_serve_answers_metrics_over_http(served: tuple[Metrics, int]) -> None:
+def test_the_worker_serves_metrics_and_its_page_over_http(served: tuple[Metrics, int]) -> None:
     m, port = served
     m.dead_letters(2)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
@@ -159,11 +166,8 @@ def test_serve_answers_metrics_over_http(served: tuple[Metrics, int]) -> None:
         body = resp.read().decode()
     assert "viewsync_dead_letters_total 2.0" in body
     assert 'viewsync_worker_info{worker="served"} 1.0' in body
-    with pytest.raises(RuntimeError):
-        m.serve("127.0.0.1", port)
-
-
-def test_serve_on_port_zero_is_disabled() -> None:
-    m = Metrics()
-    m.serve("127.0.0.1", 0)
-    m.close()  # nothing to stop
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/html")
+        assert b"viewsync" in resp.read()
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=10)
