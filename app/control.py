@@ -103,8 +103,7 @@ def send(settings: Settings, commands: list[Command]) -> int:
         if err is None:
             offsets.append(int(msg.offset()))  # type: ignore[attr-defined]
 
-    p = Producer(kafka_config(settings, {"acks": "all",
-                  "enable.idempotence": True}))
+    p = Producer(kafka_config(settings, {"acks": "all", "enable.idempotence": True}))
     for cmd in commands:
         p.produce(settings.control_topic(), value=encode(cmd), on_delivery=delivered)
     if p.flush(60) != 0 or len(offsets) != len(commands):

@@ -77,8 +77,7 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
     topic = settings.dead_letter_topic
     group = f"{settings.worker_id}-dlq-replay"
     result = ReplayResult()
-    c = Consumer(kafka_config(settings, {"group.id": group,
-                  "enable.auto.commit": False}))
+    c = Consumer(kafka_config(settings, {"group.id": group, "enable.auto.commit": False}))
     try:
         parts = partitions(settings, topic)
         committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=30)
@@ -102,8 +101,7 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
                 candidates.append((dl, origin))
                 origins.add(origin)
         latest = _latest_offsets(settings, candidates)
-        producer = Producer(kafka_config(settings, {"acks": "all",
-                             "enable.idempotence": True}))
+        producer = Producer(kafka_config(settings, {"acks": "all", "enable.idempotence": True}))
         for dl, (src, part, off) in candidates:
             if latest.get((src, part, dl.key or b""), -1) > off:
                 result.superseded.append(dl)

@@ -87,8 +87,8 @@ class DeadLetterProducer:
 
         self.topic = settings.dead_letter_topic
         self._settings = settings
-        self._producer = Producer(kafka_config(settings, {"acks": "all",
-                                                          "enable.idempotence": True}))
+        self._producer = Producer(
+            kafka_config(settings, {"acks": "all", "enable.idempotence": True}))
 
     def ensure_topic(self) -> None:
         """Create the dead-letter topic unless it exists, so that a broker without

@@ -103,8 +103,7 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     say("snapshot finished; stopping the connector to find the rows it no longer has")
     client.stop()
     ends = _end_offsets(settings, topics)
-    producer = Producer(kafka_config(settings, {"acks": "all",
-                         "enable.idempotence": True}))
+    producer = Producer(kafka_config(settings, {"acks": "all", "enable.idempotence": True}))
     for topic, table in zip(topics, SOURCE_TABLES, strict=True):
         # Per partition: a tombstone goes to the partition its key's records are in (the
         # producer here does not hash keys as Connect's does).

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     #: password (Connect reads it from ``VIEWSYNC_DB_SSL_TRUSTSTORE_PASSWORD``). With
     #: ``stack_tls``: made by the stack.
     db_ssl_truststore: Path | None = None
+    #: (A truststore holds only public certificates: its password guards its integrity.)
     db_ssl_truststore_password: SecretStr = SecretStr("viewsync-truststore")
     #: The local stack makes a CA of its own (``<state_dir>/tls``) and serves what the
     #: settings above ask for: Kafka over SASL_SSL with a SCRAM user, the databases over
@@ -182,7 +183,7 @@ class Settings(BaseSettings):
         if self.db_ssl_mode.startswith("verify") and self.db_ca() is None:
             raise ValueError(f"db_ssl_cafile (VIEWSYNC_DB_SSL_CAFILE) is required with "
                              f"db_ssl_mode {self.db_ssl_mode}")
-        for name in ("kafka_ssl_cafile", "db_ssl_cafile"):
+        for name in ("kafka_ssl_cafile", "db_ssl_cafile", "db_ssl_truststore"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} (VIEWSYNC_{name.upper()}): no file {path}")

@@ -99,7 +99,7 @@ def _workers(settings: Settings, st: Status, ends: Positions) -> None:
     desc = admin.describe_consumer_groups([group])[group].result(30)
     for m in desc.members:
         c = Consumer(kafka_config(settings, {"group.id": f"{settings.worker_id}.{m.client_id}",
-                      "enable.auto.commit": False}))
+                                             "enable.auto.commit": False}))
         try:
             committed = c.committed([TopicPartition(t, p) for t, p in ends], timeout=30)
             lag: int | None = sum(max(0, ends[(tp.topic, tp.partition)] - max(tp.offset, 0))

@@ -43,6 +43,11 @@ def ensure_topic(settings: Settings, topic: str, partitions: int = 1) -> tuple[b
     return False, len(meta.partitions) if meta is not None else 0
 
 
+def _reader_config(settings: Settings) -> dict[str, object]:
+    """A consumer that only assigns partitions (it never joins or commits to its group)."""
+    return kafka_config(settings, {"group.id": "viewsync-reader", "enable.auto.commit": False})
+
+
 def partitions(settings: Settings, topic: str) -> list[int]:
     """The topic's partitions (none when it does not exist)."""
     from confluent_kafka.admin import AdminClient
@@ -58,8 +63,7 @@ def end_offsets(settings: Settings, topic: str, parts: list[int]) -> dict[int, i
     """The next offset of each partition of ``parts``, as of now."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer(kafka_config(settings, {"group.id": "viewsync-reader",
-                  "enable.auto.commit": False}))
+    c = Consumer(_reader_config(settings))
     try:
         return {p: max(c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1], 0)
                 for p in parts}
@@ -84,8 +88,7 @@ def read_range(settings: Settings, topic: str, starts: dict[int, int],
     todo = {p for p in starts if starts[p] < ends[p]}
     if not todo:
         return
-    c = Consumer(kafka_config(settings, {"group.id": "viewsync-reader",
-                  "enable.auto.commit": False}))
+    c = Consumer(_reader_config(settings))
     try:
         c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         while todo:
