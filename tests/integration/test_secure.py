@@ -58,7 +58,7 @@ def engines(secure: Settings) -> Iterator[tuple[sa.Engine, dict[str, sa.Engine]]
         e.dispose()
 
 
-def test_plain_connections_are_refused(secure: Settings) -> None:
+def test_plain_connections_are_refused(secure: Settings, tmp_path: Path) -> None:
     # Kafka: a PLAINTEXT client, and the right protocol with a wrong password.
     for conf in (
         {"bootstrap.servers": secure.bootstrap()},
@@ -82,10 +82,14 @@ def test_plain_connections_are_refused(secure: Settings) -> None:
     with pytest.raises(pymysql.err.OperationalError, match=r"1045|3159|insecure"):
         pymysql.connect(**login, ssl_disabled=True)
     pymysql.connect(**login, ssl_ca=str(secure.db_ca())).close()
-    # A client that does not trust the stack's CA does not get in either.
+    # A client that trusts another CA (a valid one) does not get in either.
+    other = tmp_path / "other-ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=another CA", "-keyout", str(tmp_path / "other-ca.key"),
+                    "-out", str(other)], check=True, capture_output=True)
+    untrusting = AdminClient(kafka_config(secure, {"ssl.ca.location": str(other)}))
     with pytest.raises(KafkaException):
-        AdminClient(kafka_config(secure, {"ssl.ca.location": "/etc/ssl/certs/ca-certificates.crt"})
-                    ).list_topics(timeout=5)
+        untrusting.list_topics(timeout=5)
 
 
 def test_pipeline_end_to_end_over_sasl_ssl_and_tls(
