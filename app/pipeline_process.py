@@ -396,6 +396,7 @@ async def _serve(settings: Settings, conn: Connection) -> None:
         await parts.prepare()
         conn.send(("ready", asdict(parts.loop.totals)))
         closing = False
+        last_batch = time.monotonic()
         while not closing:
             if not await asyncio.to_thread(conn.poll, FLUSH_EVERY_S):
                 await parts.loop.idle()  # nothing for a while: record the positions
@@ -426,10 +427,13 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                 log.info("the worker is gone; pipeline process exits")
                 return
             if records:
+                last_batch = time.monotonic()
                 await parts.loop.handle(records, _reporter(conn, seqs, parts.loop))
-            elif control is None and not closing:
-                # Only the worker's periodic "ends" (every 2 s, so the poll above seldom
-                # times out): an idle moment as well, as in the in-process host.
+            elif (control is None and not closing
+                  and time.monotonic() - last_batch >= FLUSH_EVERY_S):
+                # No batch for a while, only the worker's "ends" (sent every 2 s, so the
+                # poll above seldom times out): idle, record the positions. (Not during a
+                # burst: idle waits for the write in flight.)
                 await parts.loop.idle()
             if control is not None:
                 _, seq, shards = control
