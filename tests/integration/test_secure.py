@@ -42,6 +42,7 @@ def secure() -> Iterator[Settings]:
     try:
         stack.up()
     except StackError as exc:
+        stack.down()  # what did start, so that nothing is left holding its ports
         pytest.fail(f"the secure stack ({settings.state_dir}) could not start: {exc}",
                     pytrace=False)
     yield settings
