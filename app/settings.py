@@ -204,18 +204,18 @@ class Settings(BaseSettings):
         return self.tls_dir() / "ca.pem" if self.stack_tls and self.kafka_tls() else None
 
     def db_ca(self) -> Path | None:
-        if self.db_ssl_cafile is not None:
-            return self.db_ssl_cafile
-        if self.stack_tls and self.db_ssl_mode != "disable":
-            return self.tls_dir() / "ca.pem"
-        return None
+        """The PEM CA the database clients trust."""
+        return self._db_tls_file(self.db_ssl_cafile, "ca.pem")
 
     def db_truststore(self) -> Path | None:
-        if self.db_ssl_truststore is not None:
-            return self.db_ssl_truststore
-        if self.stack_tls and self.db_ssl_mode != "disable":
-            return self.tls_dir() / "ca.p12"
-        return None
+        """The same CA as a PKCS12 truststore (Debezium's connection to the source)."""
+        return self._db_tls_file(self.db_ssl_truststore, "ca.p12")
+
+    def _db_tls_file(self, given: Path | None, name: str) -> Path | None:
+        """``given``; else the stack's own file ``name`` when the stack serves database TLS."""
+        if given is not None:
+            return given
+        return self.tls_dir() / name if self.stack_tls and self.db_ssl_mode != "disable" else None
 
     def _with_db_tls(self, url: str) -> str:
         """``url`` with the TLS parameters of ``db_ssl_mode`` added (those it has win)."""
