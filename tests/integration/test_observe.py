@@ -70,16 +70,26 @@ def test_the_metrics_count_a_workload_and_prometheus_scrapes_them(
     deadline = time.monotonic() + 30
     while True:
         m = scrape(port)
-        ok = (all(value(m, "viewsync_view_rows_total", view=v, op="upsert") > 0 for v in VIEWS)
-              and value(m, "viewsync_source_events_total", table="products") > 0
-              and value(m, "viewsync_view_freshness_seconds_count",
-                        view="order.product_view") > 0
-              and value(m, "viewsync_sink_write_seconds_count") > 0
-              and value(m, "viewsync_shards_owned") == Settings().shards
-              and value(m, "viewsync_caught_up") == 1)
-        if ok:
+        checks = {f"{v} upserts > 0": value(m, "viewsync_view_rows_total", view=v, op="upsert")
+                  for v in VIEWS}
+        checks |= {
+            "product events > 0": value(m, "viewsync_source_events_total", table="products"),
+            "order freshness count > 0": value(m, "viewsync_view_freshness_seconds_count",
+                                               view="order.product_view"),
+            "sink writes > 0": value(m, "viewsync_sink_write_seconds_count"),
+        }
+        failed = {k: v for k, v in checks.items() if not v > 0}
+        if value(m, "viewsync_shards_owned") != Settings().shards:
+            failed[f"shards owned == {Settings().shards}"] = value(m, "viewsync_shards_owned")
+        if value(m, "viewsync_caught_up") != 1:
+            failed["caught up == 1"] = value(m, "viewsync_caught_up")
+            failed |= {f"lag {dict(k[1])}": v for k, v in m.items()
+                       if k[0] == "viewsync_consumer_lag_records" and v}
+        if not failed:
             break
-        assert time.monotonic() < deadline, f"metrics never showed the workload: {m}"
+        assert time.monotonic() < deadline, (
+            f"metrics never showed the workload; failed checks (value now): {failed}\n"
+            + observed.tail())
         time.sleep(1.0)
     # every freshness observation is below the histogram's top bucket's count
     assert value(m, "viewsync_view_freshness_seconds_bucket", view="order.product_view",
