@@ -381,6 +381,7 @@ class BatchLoop:
         self._serial = asyncio.Lock()
         if source is not None:
             pipeline.active.clear()
+        self._shards_changed()
 
     @property
     def sharded(self) -> bool:
@@ -459,6 +460,7 @@ class BatchLoop:
                 self.epochs.pop(s, None)
                 self.pending.pop(s, None)
                 self._rebuild_at.pop(s, None)
+            self._shards_changed()
         gained = sorted(shards - self.owned)
         self.owned = shards
         for shard in gained:
@@ -539,6 +541,7 @@ class BatchLoop:
             self._rebuild_at.pop(shard, None)
             self.epochs[shard] = claims[shard].epochs
             self.pipeline.active.add(shard)
+        self._shards_changed()
         log.info("%d shards taken over in %.2fs", len(ready), time.monotonic() - t0)
 
     def _views(self, names: Iterable[str]) -> list[ViewDef]:
@@ -604,7 +607,12 @@ class BatchLoop:
                 m.freshness(view, stamps, now)
             if self._inflight is None or self._inflight is asyncio.current_task():
                 m.oldest_unapplied(view, 0.0)  # nothing newer read and unwritten
-        m.shards(len(self.epochs) if self.sharded else self.pipeline.shards)
+
+    def _shards_changed(self) -> None:
+        """The shards written now, for the gauge: set where they change (a takeover or a
+        loss may come after the last batch, and the gauge must not wait for the next)."""
+        if self.metrics is not None:
+            self.metrics.shards(len(self.epochs) if self.sharded else self.pipeline.shards)
 
     async def drain(self) -> None:
         """Wait for the write in flight (its error, if any, is raised here)."""

@@ -16,6 +16,7 @@ import pytest
 
 from app.control import Command, encode
 from app.decode import Decoder
+from app.metrics import Metrics
 from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
 from app.shards import (
     Claim,
@@ -135,10 +136,12 @@ class Worker:
     """One worker process: a state store that survives its restarts, a batch loop, the
     offsets its group committed (where a restart resumes)."""
 
-    def __init__(self, name: str, source: Source, sink: MemorySink) -> None:
+    def __init__(self, name: str, source: Source, sink: MemorySink,
+                 metrics: Metrics | None = None) -> None:
         self.name = name
         self.source = source
         self.sink = sink
+        self.metrics = metrics
         self.store = MemoryStore()
         self.committed: Positions = {}
         self.alive = False
@@ -151,7 +154,7 @@ class Worker:
         pipeline = Pipeline(Decoder(self.source.schemas, TOPICS), self.store, shards=SHARDS,
                             control_topic=CONTROL)
         self.loop = BatchLoop(pipeline, self.sink, no_dead_letters, source=self.source,
-                              owner=self.name)
+                              owner=self.name, metrics=self.metrics)
         self.read = dict(self.committed)
         self.alive = True
 
@@ -288,6 +291,34 @@ def test_a_worker_that_lost_its_shards_without_knowing_is_fenced() -> None:
                 await zombie.step(rng)
             await zombie.loop.drain()
             await zombie.loop.own(frozenset())  # records positions: a write of its own
+
+    asyncio.run(run())
+
+
+def test_the_shards_gauge_follows_takeovers_and_losses_without_a_batch() -> None:
+    """A rebalance after the last batch (a member dropped and back, a worker added) must
+    show in ``viewsync_shards_owned`` at once, not at the next batch."""
+    rng = random.Random(3)
+    source = Source(rng)
+    for _ in range(20):
+        source.step()
+    metrics = Metrics(worker="w")
+    w = Worker("w", source, MemorySink(), metrics)
+
+    def owned() -> float | None:
+        return metrics.registry.get_sample_value("viewsync_shards_owned")
+
+    async def run() -> None:
+        assert owned() == 0
+        while w.behind():
+            await w.step(rng)
+        await w.loop.drain()
+        await w.loop.own(frozenset(range(SHARDS)))
+        assert owned() == 0  # claimed, not yet taken over
+        await w.loop.settle()
+        assert owned() == SHARDS
+        await w.loop.own(frozenset({1}))
+        assert owned() == 1
 
     asyncio.run(run())
 
