@@ -29,6 +29,7 @@ from app.settings import Settings
 from app.shards import merged_minimum
 from app.sink import sink_urls
 from app.state import Positions
+from app.views import ViewDef
 
 
 @dataclass
@@ -46,6 +47,25 @@ class ViewStatus:
     staleness_s: float | None
     #: Source records past what every shard of the database has written.
     behind: int | None
+
+
+class RowCounts:
+    """Views' row counts, each counted again at most every ``ttl_s`` seconds. A ``COUNT(*)``
+    scans the table (a second or more at millions of rows): right for a one-shot
+    ``viewsync status`` (``ttl_s=0``), not every few seconds for a page left open."""
+
+    def __init__(self, ttl_s: float = 0.0) -> None:
+        self.ttl_s = ttl_s
+        self._counted: dict[str, tuple[float, int]] = {}
+
+    def count(self, engine: sa.Engine, view: ViewDef) -> int:
+        hit = self._counted.get(view.name)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]
+        with engine.connect() as conn:
+            n = int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {view.table}")).scalar_one())
+        self._counted[view.name] = (time.monotonic(), n)
+        return n
 
 
 @dataclass
@@ -135,7 +155,7 @@ def _staleness(settings: Settings, written: Positions | None, ends: Positions
     return age, sum(end - start for start, end in behind.values())
 
 
-def _views(settings: Settings, st: Status, ends: Positions) -> None:
+def _views(settings: Settings, st: Status, ends: Positions, counts: RowCounts) -> None:
     from app.reshard import shard_rows
 
     try:
@@ -151,9 +171,7 @@ def _views(settings: Settings, st: Status, ends: Positions) -> None:
         try:
             for view in (v for v in settings.views() if v.consumer == consumer):
                 try:
-                    with engine.connect() as conn:
-                        n: int | None = int(conn.execute(sa.text(
-                            f"SELECT COUNT(*) FROM {view.table}")).scalar_one())
+                    n: int | None = counts.count(engine, view)
                 except sa.exc.DBAPIError as exc:
                     n = None
                     st.problems.append(f"{view.name}: {str(exc.orig or exc).splitlines()[0]}")
@@ -181,7 +199,9 @@ def dead_letter_count(settings: Settings) -> int:
         c.close()
 
 
-def status(settings: Settings) -> Status:
+def status(settings: Settings, counts: RowCounts | None = None) -> Status:
+    """The deployment's health now; row counts as fresh as ``counts`` allows (default:
+    counted now)."""
     st = Status()
     _connector(settings, st)
     try:
@@ -191,5 +211,5 @@ def status(settings: Settings) -> Status:
     except Exception as exc:  # Kafka down: the rest cannot be known
         st.problems.append(f"kafka: {exc}")
         return st
-    _views(settings, st, ends)
+    _views(settings, st, ends, counts or RowCounts())
     return st

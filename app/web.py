@@ -4,8 +4,8 @@ page, from a daemon thread of the pipeline process.
 * ``GET /metrics`` — the Prometheus text format (``app.metrics``);
 * ``GET /status.json`` — what ``viewsync status`` reports for the whole deployment
   (``app.status``: connector, every worker and its lag, each view's rows and staleness, dead
-  letters; cached for a few seconds), plus this worker's own history: rows/s and per-view
-  freshness sampled every few seconds over the last ten minutes;
+  letters; cached for a few seconds, the row counts for a minute), plus this worker's own
+  history: rows/s and per-view freshness sampled every few seconds over the last ten minutes;
 * ``GET /`` — a page that shows all of that and refreshes itself: plain HTML, CSS and a
   little JavaScript in ``app/static/status.html`` (no build step), the chart an inline SVG.
 """
@@ -25,6 +25,7 @@ from typing import Any
 from app.metrics import Metrics
 from app.pipeline import Totals
 from app.settings import Settings
+from app.status import RowCounts, status
 
 log = logging.getLogger("viewsync.web")
 
@@ -35,6 +36,8 @@ SAMPLE_EVERY_S = 5.0
 HISTORY = 120
 #: ``status.json`` is recomputed at most this often (it asks Connect, Kafka, the databases).
 STATUS_TTL_S = 3.0
+#: The views' row counts in it at most this often (a ``COUNT(*)`` scans the whole table).
+COUNT_TTL_S = 60.0
 
 
 class History:
@@ -65,17 +68,16 @@ class Web:
         self.metrics = metrics
         self.history = History(totals)
         self._status: tuple[float, dict[str, Any]] | None = None
+        self._counts = RowCounts(ttl_s=COUNT_TTL_S)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
 
     def status(self) -> dict[str, Any]:
-        from app.status import status
-
         with self._lock:
             if self._status is None or time.monotonic() - self._status[0] > STATUS_TTL_S:
                 try:
-                    doc = status(self.settings).to_json()
+                    doc = status(self.settings, self._counts).to_json()
                 except Exception as exc:  # the page still shows this worker's figures
                     doc = {"ok": False, "problems": [f"status: {exc}"]}
                 self._status = (time.monotonic(), doc)
