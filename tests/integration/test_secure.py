@@ -2,13 +2,15 @@
 ``secure``): Kafka only over SASL_SSL with a SCRAM user, PostgreSQL and MariaDB only over
 TLS, every certificate signed by a CA the stack made and verified by every client (host name
 included). Plain connections are refused, a random workload converges exactly, and no
-password reaches a log."""
+password reaches a log. Registry basic auth is proved through a gate in front of the real
+registry: for the worker's decoder, the CLI, and the connector's Apicurio converters."""
 
 from __future__ import annotations
 
 import base64
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -26,18 +28,26 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from app.clients import kafka_config, registry_config
+from app.connectors import ConnectClient, ConnectError
 from app.decode import RegistrySchemas, SchemaUnavailable
 from app.settings import Settings, load_settings
 from app.stack.instances import instance_env, instance_overrides
 from app.stack.manager import Stack, StackError
+from app.topic_range import topic_ends
 from tests.integration.conftest import LIVE_TIMEOUT, ROOT, wait_converged
 from tests.integration.worker_process import WorkerProcess
 from tests.integration.workload import Workload
 
+REGISTRY_USER, REGISTRY_PASSWORD = "viewsync-reader", "registry-s3cret"
+
 
 @pytest.fixture(scope="module")
 def secure() -> Iterator[Settings]:
-    settings = load_settings(**instance_overrides("secure"))
+    # Registry credentials too: Connect gets the password in its environment, and the
+    # connector's converters send it (the registry itself does not check it; the gate of
+    # ``registry_behind_basic_auth`` does).
+    settings = load_settings(**instance_overrides("secure"), registry_username=REGISTRY_USER,
+                             registry_password=REGISTRY_PASSWORD)
     stack = Stack(settings)
     try:
         stack.up()
@@ -147,11 +157,15 @@ def test_pipeline_end_to_end_over_sasl_ssl_and_tls(
             assert secret not in text, f"a password is in the {name} log"
 
 
-REGISTRY_USER, REGISTRY_PASSWORD = "viewsync-reader", "registry-s3cret"
+class Gate(ThreadingHTTPServer):
+    """What the gate let through and what it refused."""
+
+    allowed = 0
+    refused = 0
 
 
 @pytest.fixture(scope="module")
-def registry_behind_basic_auth(secure: Settings) -> Iterator[str]:
+def registry_behind_basic_auth(secure: Settings) -> Iterator[Gate]:
     """The real registry behind a gate that lets only HTTP basic auth through: Apicurio 2.6
     enforces basic auth only together with a Keycloak server, which this machine cannot
     run. The gate checks the header and forwards the request unchanged."""
@@ -159,18 +173,24 @@ def registry_behind_basic_auth(secure: Settings) -> Iterator[str]:
     expected = "Basic " + base64.b64encode(
         f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
 
-    class Gate(BaseHTTPRequestHandler):
+    class Forward(BaseHTTPRequestHandler):
+        server: Gate
+
         def _forward(self) -> None:
             if self.headers.get("Authorization") != expected:
+                self.server.refused += 1
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="registry"')
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            self.server.allowed += 1
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            # The request's own headers (Apicurio's client names artifacts in X-Registry-*
+            # headers), less the hop's.
             r = httpx.request(self.command, upstream + self.path, content=body, timeout=30,
                               headers={k: v for k, v in self.headers.items()
-                                       if k.lower() in ("content-type", "accept")})
+                                       if k.lower() not in HOP_HEADERS})
             self.send_response(r.status_code)
             self.send_header("Content-Type", r.headers.get("Content-Type", "application/json"))
             self.send_header("Content-Length", str(len(r.content)))
@@ -182,14 +202,26 @@ def registry_behind_basic_auth(secure: Settings) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((secure.host, 0), Gate)
+    server = Gate((secure.host, 0), Forward)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{secure.host}:{server.server_address[1]}/apis/ccompat/v7"
+    yield server
     server.shutdown()
 
 
-def test_registry_basic_auth(secure: Settings, registry_behind_basic_auth: str,
+HOP_HEADERS = frozenset({"host", "authorization", "content-length", "connection", "upgrade",
+                         "http2-settings", "transfer-encoding", "keep-alive"})
+
+
+def gate_url(gate: Gate) -> str:
+    """The gate as a Confluent-API registry URL (``registry_native_url`` derives Apicurio's
+    own API from it, as for the real registry)."""
+    host, port = gate.server_address[:2]
+    return f"http://{host!s}:{port}/apis/ccompat/v7"
+
+
+def test_registry_basic_auth(secure: Settings, registry_behind_basic_auth: Gate,
                              engines: tuple[sa.Engine, dict[str, sa.Engine]]) -> None:
+    gate = gate_url(registry_behind_basic_auth)
     # A schema Debezium registered: one change in the source makes sure there is one.
     product_db, _ = engines
     cid = (1 << 36) + random.randrange(1 << 30)
@@ -200,17 +232,17 @@ def test_registry_basic_auth(secure: Settings, registry_behind_basic_auth: str,
         assert time.monotonic() < deadline, "Debezium registered no schema within 120 s"
         time.sleep(0.5)
     authed = load_settings(**{**instance_overrides("secure"),
-                              "schema_registry_url": registry_behind_basic_auth,
+                              "schema_registry_url": gate,
                               "registry_username": REGISTRY_USER,
                               "registry_password": REGISTRY_PASSWORD})
     assert registry_config(authed)["basic.auth.user.info"]
     assert "type" in RegistrySchemas(registry_config(authed)).schema_text(1)
     with pytest.raises(SchemaUnavailable, match=r"401|nauthorized"):
-        RegistrySchemas(registry_behind_basic_auth).schema_text(1)
+        RegistrySchemas(gate).schema_text(1)
     # The CLI with the same settings from the environment: `schemas check` reads every
     # subject through the gate.
     env = dict(instance_env("secure", dict(os.environ)),
-               VIEWSYNC_SCHEMA_REGISTRY_URL=registry_behind_basic_auth,
+               VIEWSYNC_SCHEMA_REGISTRY_URL=gate,
                VIEWSYNC_REGISTRY_USERNAME=REGISTRY_USER,
                VIEWSYNC_REGISTRY_PASSWORD=REGISTRY_PASSWORD)
     out = subprocess.run([sys.executable, "-m", "app.cli", "schemas", "check"], cwd=ROOT,
@@ -218,3 +250,61 @@ def test_registry_basic_auth(secure: Settings, registry_behind_basic_auth: str,
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reads as the contract" in out.stdout
     assert REGISTRY_PASSWORD not in out.stdout + out.stderr
+
+
+def gated_connector(secure: Settings, gate: Gate, name: str, **creds: str) -> ConnectClient:
+    """A second Debezium connector on the product DB (its own name, topics and server id,
+    new at each run) whose Apicurio converters reach the registry only through the gate."""
+    name = f"{name}-{uuid.uuid4().hex[:6]}"
+    settings = load_settings(**{**instance_overrides("secure"), "connector_name": name,
+                                "topic_prefix": name, "schema_registry_url": gate_url(gate),
+                                **creds})
+    client = ConnectClient(settings)
+    client.apply()
+    return client
+
+
+def test_the_connectors_converters_register_schemas_through_basic_auth(
+    secure: Settings, registry_behind_basic_auth: Gate,
+) -> None:
+    gate = registry_behind_basic_auth
+    refused = gate.refused
+    # Without credentials the gate refuses the converter: the task fails, naming the 401.
+    anonymous = gated_connector(secure, gate, "gated-anonymous")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                tasks = anonymous.status().get("tasks", [])
+            except ConnectError:  # not registered yet
+                tasks = []
+            traces = [t.get("trace", "") for t in tasks if t["state"] == "FAILED"]
+            if traces:
+                break
+            assert time.monotonic() < deadline, f"the anonymous connector never failed: {tasks}"
+            time.sleep(1.0)
+        assert re.search(r"401|[Uu]nauthori|NotAuthori", traces[0]), traces[0][-3000:]
+        assert gate.refused > refused
+    finally:
+        anonymous.delete()
+
+    # With them (the password from Connect's environment, `${env:…}` in the config), the
+    # snapshot's schemas are registered through the gate and its records are written.
+    allowed = gate.allowed
+    authed = gated_connector(secure, gate, "gated-authed", registry_username=REGISTRY_USER,
+                             registry_password=REGISTRY_PASSWORD)
+    try:
+        authed.wait_running(timeout=120)
+        topic = authed.settings.topic("categories")
+        deadline = time.monotonic() + 120
+        while not sum(topic_ends(secure, (topic,)).values()):
+            authed.wait_running(timeout=30)  # fails fast when the task has failed
+            assert time.monotonic() < deadline, f"no record in {topic} within 120 s"
+            time.sleep(1.0)
+        assert gate.allowed > allowed
+        assert authed.config.get("value.converter.apicurio.auth.password") == (
+            "${env:VIEWSYNC_REGISTRY_PASSWORD}")
+    finally:
+        authed.delete()
+    connect_log = (secure.state_dir / "logs" / "connect.log").read_text(errors="replace")
+    assert REGISTRY_PASSWORD not in connect_log, "the registry password is in Connect's log"
