@@ -59,6 +59,21 @@ def secure() -> Iterator[Settings]:
     stack.down()  # its JVMs would otherwise share the two cores with the other tests
 
 
+def test_tls_required_is_never_downgraded_to_plain(stack: Stack) -> None:
+    """``db_ssl_mode=require`` against servers that offer no TLS (the plain test stack's):
+    each driver refuses to connect rather than go on in plain text (PyMySQL did that before
+    1.2, hence its floor in pyproject)."""
+    required = load_settings(db_ssl_mode="require")
+    for url in (required.product_url(), required.consumer_url("order"),
+                required.consumer_url("purchase")):
+        engine = sa.create_engine(url)
+        try:
+            with pytest.raises(sa.exc.OperationalError, match=r"(?i)ssl"), engine.connect():
+                pass
+        finally:
+            engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def engines(secure: Settings) -> Iterator[tuple[sa.Engine, dict[str, sa.Engine]]]:
     product = sa.create_engine(secure.product_url(), pool_pre_ping=True)
