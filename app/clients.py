@@ -102,6 +102,9 @@ def java_kafka_properties(settings: Settings,
 def registry_config(settings: Settings) -> dict[str, Any]:
     """A confluent-kafka ``SchemaRegistryClient`` configuration."""
     conf: dict[str, Any] = {"url": settings.registry_url()}
+    ca = settings.registry_ca()
+    if ca is not None and settings.registry_url().startswith("https:"):
+        conf["ssl.ca.location"] = str(ca)
     if settings.registry_username is not None and settings.registry_password is not None:
         conf["basic.auth.user.info"] = (
             f"{settings.registry_username}:{settings.registry_password.get_secret_value()}")
@@ -109,12 +112,17 @@ def registry_config(settings: Settings) -> dict[str, Any]:
 
 
 def registry_converter_properties(settings: Settings) -> dict[str, str]:
-    """Basic-auth properties of the Apicurio converters in the connector config (the
-    password resolved by the Connect worker from its environment)."""
-    if settings.registry_username is None:
-        return {}
-    return {"apicurio.auth.username": settings.registry_username,
-            "apicurio.auth.password": f"${{env:{REGISTRY_PASSWORD_ENV}}}"}
+    """Properties of the Apicurio converters in the connector config: the CA of an HTTPS
+    registry (a PEM bundle, read by Apicurio's HTTP client) and basic auth (the password
+    resolved by the Connect worker from its environment)."""
+    props: dict[str, str] = {}
+    ca = settings.registry_ca()
+    if ca is not None and settings.registry_native_url().startswith("https:"):
+        props["apicurio.rest.request.ssl.ca-bundle.location"] = str(ca)
+    if settings.registry_username is not None:
+        props |= {"apicurio.auth.username": settings.registry_username,
+                  "apicurio.auth.password": f"${{env:{REGISTRY_PASSWORD_ENV}}}"}
+    return props
 
 
 #: ``db_ssl_mode`` in the Debezium MariaDB connector's terms (``database.ssl.mode``).

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     #: converters; Connect reads the password from ``VIEWSYNC_REGISTRY_PASSWORD``).
     registry_username: str | None = None
     registry_password: SecretStr | None = None
+    #: PEM file of the CA that signed an ``https://`` registry's certificate (default: the
+    #: system's CAs; with ``stack_tls``, the local stack's own CA).
+    registry_ssl_cafile: Path | None = None
     #: TLS to every database, the source and the consumers: ``disable``, ``require``
     #: (encrypted, the server not verified), ``verify-ca`` or ``verify-full`` (the CA and
     #: the host name). A URL's own TLS parameters win over these.
@@ -106,8 +109,8 @@ class Settings(BaseSettings):
     db_ssl_truststore_password: SecretStr = SecretStr("viewsync-truststore")
     #: The local stack makes a CA of its own (``<state_dir>/tls``) and serves what the
     #: settings above ask for: Kafka over SASL_SSL with a SCRAM user, the databases over
-    #: TLS only. Chosen when the stack's data is first made (``stack down --purge`` to
-    #: change it).
+    #: TLS only, the registry over HTTPS only. Chosen when the stack's data is first made
+    #: (``stack down --purge`` to change it).
     stack_tls: bool = False
 
     # --- pipeline ------------------------------------------------------------------------
@@ -183,7 +186,8 @@ class Settings(BaseSettings):
         if self.db_ssl_mode.startswith("verify") and self.db_ca() is None:
             raise ValueError(f"db_ssl_cafile (VIEWSYNC_DB_SSL_CAFILE) is required with "
                              f"db_ssl_mode {self.db_ssl_mode}")
-        for name in ("kafka_ssl_cafile", "db_ssl_cafile", "db_ssl_truststore"):
+        for name in ("kafka_ssl_cafile", "db_ssl_cafile", "db_ssl_truststore",
+                     "registry_ssl_cafile"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} (VIEWSYNC_{name.upper()}): no file {path}")
@@ -202,6 +206,12 @@ class Settings(BaseSettings):
         if self.kafka_ssl_cafile is not None:
             return self.kafka_ssl_cafile
         return self.tls_dir() / "ca.pem" if self.stack_tls and self.kafka_tls() else None
+
+    def registry_ca(self) -> Path | None:
+        """The CA file the registry clients trust (None: the system's)."""
+        if self.registry_ssl_cafile is not None:
+            return self.registry_ssl_cafile
+        return self.tls_dir() / "ca.pem" if self.stack_tls else None
 
     def db_ca(self) -> Path | None:
         """The PEM CA the database clients trust."""
@@ -279,8 +289,11 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
 
     def registry_url(self) -> str:
-        """The Confluent-compatible API of the registry."""
-        return self.schema_registry_url or f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+        """The Confluent-compatible API of the registry (HTTPS on the local stack with
+        ``stack_tls``)."""
+        scheme = "https" if self.stack_tls else "http"
+        return (self.schema_registry_url
+                or f"{scheme}://{self.host}:{self.registry_port}/apis/ccompat/v7")
 
     def registry_native_url(self) -> str:
         """Apicurio's own v2 API (what the Kafka Connect converter talks to)."""

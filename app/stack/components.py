@@ -11,6 +11,7 @@ import glob
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import uuid
 from collections.abc import Callable, Sequence
@@ -387,18 +388,31 @@ class StackDefinition:
         home = self.p.lib / "registry"
         datadir = self.p.data("registry")
 
+        tls = self.s.tls_dir()
+
         def command() -> list[str]:
             jar = next(home.glob("apicurio-registry-app-*-runner.jar"))
+            if self.s.stack_tls:  # HTTPS only, with the stack's server certificate
+                listen = [f"-Dquarkus.http.ssl-port={self.s.registry_port}",
+                          f"-Dquarkus.http.ssl.certificate.files={tls / 'server.pem'}",
+                          f"-Dquarkus.http.ssl.certificate.key-files={tls / 'server.key'}",
+                          "-Dquarkus.http.insecure-requests=disabled"]
+            else:
+                listen = [f"-Dquarkus.http.port={self.s.registry_port}"]
             return ["java", f"-Xmx{self.s.java_heap}", *JVM_PROFILES[self.s.jvm_profile],
-                    f"-Dquarkus.http.host={self.s.host}",
-                    f"-Dquarkus.http.port={self.s.registry_port}",
+                    f"-Dquarkus.http.host={self.s.host}", *listen,
                     "-Dquarkus.log.level=WARN", "-Dquarkus.log.category.\"io.apicurio\".level=INFO",
                     "-jar", str(jar)]
 
         def healthy() -> bool:
+            scheme = "http"
+            verify: bool | ssl.SSLContext = True
+            if self.s.stack_tls:
+                scheme = "https"
+                verify = ssl.create_default_context(cafile=str(tls / "ca.pem"))
             try:
-                r = httpx.get(f"http://{self.s.host}:{self.s.registry_port}/health/ready",
-                              timeout=3)
+                r = httpx.get(f"{scheme}://{self.s.host}:{self.s.registry_port}/health/ready",
+                              timeout=3, verify=verify)
                 return r.status_code == 200
             except httpx.HTTPError:
                 return False

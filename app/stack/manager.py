@@ -334,6 +334,8 @@ class Stack:
                       ("VIEWSYNC_KAFKA_SASL_PASSWORD", s.kafka_sasl_password.get_secret_value())]
         if (ca := s.kafka_ca()) is not None:
             pairs.append(("VIEWSYNC_KAFKA_SSL_CAFILE", str(ca)))
+        if (ca := s.registry_ca()) is not None:
+            pairs.append(("VIEWSYNC_REGISTRY_SSL_CAFILE", str(ca)))
         if s.db_ssl_mode != "disable":  # (the URLs above carry it already)
             pairs.append(("VIEWSYNC_DB_SSL_MODE", s.db_ssl_mode))
             if (ca := s.db_ca()) is not None:

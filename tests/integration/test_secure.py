@@ -1,9 +1,10 @@
 """The pipeline end to end over secure connections, on a stack of its own (instance
 ``secure``): Kafka only over SASL_SSL with a SCRAM user, PostgreSQL and MariaDB only over
 TLS, every certificate signed by a CA the stack made and verified by every client (host name
-included). Plain connections are refused, a random workload converges exactly, and no
-password reaches a log. Registry basic auth is proved through a gate in front of the real
-registry: for the worker's decoder, the CLI, and the connector's Apicurio converters."""
+included), the registry over HTTPS only. Plain connections are refused, a random workload
+converges exactly, and no password reaches a log. Registry basic auth is proved through a
+gate in front of the real registry: for the worker's decoder, the CLI, and the connector's
+Apicurio converters."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import base64
 import os
 import random
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -74,6 +76,11 @@ def test_tls_required_is_never_downgraded_to_plain(stack: Stack) -> None:
             engine.dispose()
 
 
+def registry_tls(settings: Settings) -> ssl.SSLContext:
+    """What a client that trusts the stack's CA verifies the registry's HTTPS with."""
+    return ssl.create_default_context(cafile=str(settings.registry_ca()))
+
+
 @pytest.fixture(scope="module")
 def engines(secure: Settings) -> Iterator[tuple[sa.Engine, dict[str, sa.Engine]]]:
     product = sa.create_engine(secure.product_url(), pool_pre_ping=True)
@@ -116,6 +123,17 @@ def test_plain_connections_are_refused(secure: Settings, tmp_path: Path) -> None
     untrusting = AdminClient(kafka_config(secure, {"ssl.ca.location": str(other)}))
     with pytest.raises(KafkaException):
         untrusting.list_topics(timeout=5)
+    # The registry: HTTPS only (no plain HTTP port), and only for a client that trusts the
+    # stack's CA.
+    registry = secure.registry_url()
+    assert registry.startswith(f"https://{secure.host}:{secure.registry_port}/")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(registry.replace("https:", "http:") + "/subjects", timeout=10)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{registry}/subjects", timeout=10,
+                  verify=ssl.create_default_context(cafile=str(other)))
+    assert httpx.get(f"{registry}/subjects", timeout=10,
+                     verify=registry_tls(secure)).status_code == 200
 
 
 def test_pipeline_end_to_end_over_sasl_ssl_and_tls(
@@ -184,7 +202,8 @@ def registry_behind_basic_auth(secure: Settings) -> Iterator[Gate]:
     """The real registry behind a gate that lets only HTTP basic auth through: Apicurio 2.6
     enforces basic auth only together with a Keycloak server, which this machine cannot
     run. The gate checks the header and forwards the request unchanged."""
-    upstream = f"http://{secure.host}:{secure.registry_port}"
+    upstream = secure.registry_url().split("/apis/", 1)[0]
+    verify = registry_tls(secure)
     expected = "Basic " + base64.b64encode(
         f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
 
@@ -204,6 +223,7 @@ def registry_behind_basic_auth(secure: Settings) -> Iterator[Gate]:
             # The request's own headers (Apicurio's client names artifacts in X-Registry-*
             # headers), less the hop's.
             r = httpx.request(self.command, upstream + self.path, content=body, timeout=30,
+                              verify=verify,
                               headers={k: v for k, v in self.headers.items()
                                        if k.lower() not in HOP_HEADERS})
             self.send_response(r.status_code)
@@ -243,7 +263,8 @@ def test_registry_basic_auth(secure: Settings, registry_behind_basic_auth: Gate,
     with product_db.begin() as conn:
         conn.execute(sa.text(f"INSERT INTO categories VALUES ({cid}, NULL, 'auth', 'Auth')"))
     deadline = time.monotonic() + 120
-    while httpx.get(f"{secure.registry_url()}/schemas/ids/1", timeout=30).status_code != 200:
+    while httpx.get(f"{secure.registry_url()}/schemas/ids/1", timeout=30,
+                    verify=registry_tls(secure)).status_code != 200:
         assert time.monotonic() < deadline, "Debezium registered no schema within 120 s"
         time.sleep(0.5)
     authed = load_settings(**{**instance_overrides("secure"),

@@ -80,6 +80,28 @@ def test_registry_basic_auth(secure: Settings) -> None:
     assert registry_config(secure)["basic.auth.user.info"] == f"reg:{REGISTRY_PW}"
 
 
+def test_an_https_registry_is_verified_with_its_ca(ca: Path) -> None:
+    s = load_settings(schema_registry_url="https://registry.example:8443/apis/ccompat/v7",
+                      registry_ssl_cafile=ca)
+    assert registry_config(s)["ssl.ca.location"] == str(ca)
+    _name, config = render(SOURCE_CONFIG, s)
+    for side in ("key", "value"):
+        assert config[f"{side}.converter.apicurio.registry.url"] == (
+            "https://registry.example:8443/apis/registry/v2")
+        assert config[f"{side}.converter.apicurio.rest.request.ssl.ca-bundle.location"] == (
+            str(ca))
+    # Over plain HTTP a CA means nothing to either client.
+    plain = load_settings(registry_ssl_cafile=ca)
+    assert "ssl.ca.location" not in registry_config(plain)
+    assert not any("ca-bundle" in k for k in render(SOURCE_CONFIG, plain)[1])
+
+
+def test_the_local_stack_with_tls_serves_the_registry_over_https(tmp_path: Path) -> None:
+    s = load_settings(stack_tls=True, state_dir=tmp_path)
+    assert s.registry_url().startswith("https://")
+    assert registry_config(s)["ssl.ca.location"] == str(tmp_path / "tls" / "ca.pem")
+
+
 def test_connector_config_holds_references_not_secrets(secure: Settings) -> None:
     _name, config = render(SOURCE_CONFIG, secure)
     assert config["database.ssl.mode"] == "verify-full"
@@ -120,6 +142,7 @@ def test_secrets_are_not_in_the_settings_repr(secure: Settings) -> None:
     ({"registry_username": "u"}, "registry_password"),
     ({"db_ssl_mode": "verify-full"}, "db_ssl_cafile"),
     ({"kafka_ssl_cafile": "/nonexistent/ca.pem"}, "kafka_ssl_cafile"),
+    ({"registry_ssl_cafile": "/nonexistent/ca.pem"}, "registry_ssl_cafile"),
     ({"db_ssl_mode": "sometimes"}, "db_ssl_mode"),
 ])
 def test_bad_security_settings_name_the_field(values: dict[str, str], field: str) -> None:
