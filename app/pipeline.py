@@ -45,7 +45,7 @@ from app.join import Affected, JoinEngine
 from app.metrics import Metrics
 from app.project import ViewBatch, project_many
 from app.retry import calling, retry
-from app.shards import Claim, Progress, behind, in_shards, shard_of
+from app.shards import Claim, Fenced, Progress, behind, in_shards, shard_of
 from app.sink import SinkUnavailable, ViewSink
 from app.state import Positions, StateStore
 from app.views import VIEWS, Grain, ViewDef
@@ -334,6 +334,10 @@ REDO_MAX = 200_000
 #: write to (a new owner redoes less).
 FLUSH_EVERY_S = 2.0
 
+#: After a write was fenced, how long the loop waits for the lease group to assign shards
+#: again (it always does when it dropped this worker) before it gives up and stops.
+FENCED_GRACE_S = 60.0
+
 
 class BatchLoop:
     """The one batch loop: decode → state → project → commit state → write → ``done``.
@@ -349,6 +353,15 @@ class BatchLoop:
     by a worker whose state is still filling. Every write carries the loop's claims and
     records its shards' positions; a shard lost is first drained (its rows in flight are
     written) and its positions recorded, so that the next owner has nothing to redo.
+
+    A write refused because another worker has claimed one of its shards since
+    (:class:`~app.shards.Fenced`: the lease group dropped this worker — a pause longer than
+    the lease session, a network cut) writes nothing in that database. The loop then gives
+    up *every* shard it held and writes nothing until :meth:`own` assigns shards again:
+    whatever it did not write, its positions not recorded, the next owner redoes. Only if
+    no assignment comes within ``fenced_grace_s`` does it raise :class:`Fenced` (the
+    worker stops). A long takeover stops between two writes when :meth:`own` is waiting,
+    so a rebalance is never held up by a rebuild.
     """
 
     def __init__(
@@ -359,6 +372,7 @@ class BatchLoop:
         source: SourceLog | None = None,
         owner: str = "viewsync",
         metrics: Metrics | None = None,
+        fenced_grace_s: float = FENCED_GRACE_S,
     ) -> None:
         self.pipeline = pipeline
         self.sink = sink
@@ -379,6 +393,15 @@ class BatchLoop:
         self._recorded: Positions = {}
         #: ``handle``, ``own`` and ``idle`` one at a time (each may wait for a write).
         self._serial = asyncio.Lock()
+        #: A write was fenced: the shards are given up at the end of the current step.
+        self._lost: Fenced | None = None
+        #: When the shards were given up, until the next :meth:`own`.
+        self._gave_up_at: float | None = None
+        self.fenced_grace_s = fenced_grace_s
+        #: :meth:`own` calls waiting for the loop, or announced (:meth:`own_requested`): a
+        #: takeover in progress stops for them.
+        self._owning = 0
+        self._announced = 0
         if source is not None:
             pipeline.active.clear()
         self._shards_changed()
@@ -392,6 +415,7 @@ class BatchLoop:
         database and its dead letters are sent. Returns while that write may still run."""
         async with self._serial:
             await self._handle(records, done)
+            self._after_step()
 
     async def _handle(self, records: Sequence[RawRecord], done: Callable[[], None]) -> None:
         t0 = time.monotonic()
@@ -431,23 +455,40 @@ class BatchLoop:
         (a database the last batches had no rows for would otherwise look behind)."""
         if self.pending:
             await self.settle()
-        if not self.sharded or not self.epochs:
+        if not self.sharded:
             return
         async with self._serial:
             await self.drain()
             state = self.pipeline.store.positions()
-            if state != self._recorded:
+            if self.epochs and state != self._recorded:
                 await self._sink_write({}, Progress(epochs=dict(self.epochs),
                                                     positions=state, flush=True))
                 self._recorded = state
+            self._after_step()
 
     async def own(self, shards: frozenset[int]) -> None:
         """From now on, write the rows of ``shards`` (and of no other shard)."""
-        async with self._serial:
-            await self._own(shards)
+        self._owning += 1
+        try:
+            async with self._serial:
+                await self._own(shards)
+        finally:
+            self._owning -= 1
+            if self._announced:  # the announced call has come
+                self._announced -= 1
+                self._owning -= 1
+
+    def own_requested(self) -> None:
+        """An :meth:`own` call is on its way (queued behind the current step): a takeover
+        in progress stops at its next write instead of holding it up."""
+        self._announced += 1
+        self._owning += 1
 
     async def _own(self, shards: frozenset[int]) -> None:
         await self.drain()
+        if self._lost is not None:  # fenced since the last step: claim afresh what is given
+            self._give_up()
+        self._gave_up_at = None  # the lease group has spoken
         lost = self.owned - shards
         if lost:
             kept = {s: e for s, e in self.epochs.items() if s in lost}
@@ -455,6 +496,9 @@ class BatchLoop:
                 await self._sink_write({}, Progress(epochs=kept,
                                                     positions=self.pipeline.store.positions(),
                                                     flush=True))
+                if self._lost is not None:  # already claimed by their next owner: fine
+                    log.info("shards %s: %s", _ranges(sorted(lost)), self._lost)
+                    self._lost = None
             for s in lost:
                 self.pipeline.active.discard(s)
                 self.epochs.pop(s, None)
@@ -480,6 +524,7 @@ class BatchLoop:
         if self.pending:
             async with self._serial:
                 await self.take_over()
+                self._after_step()
 
     async def _claim(self, shard: int) -> Claim:
         def claim() -> Claim:
@@ -524,7 +569,13 @@ class BatchLoop:
         rebuilt = frozenset(s for s, start in ready.items() if start is None)
         if rebuilt:
             rows = await self._rebuild(rebuilt, Progress(
-                epochs={s: claims[s].epochs for s in rebuilt}))
+                epochs={s: claims[s].epochs for s in rebuilt}), interruptible=True)
+            if self._interrupted():  # claimed still, taken over later (or lost)
+                self.pending.update(claims)
+                log.info("rebuild of shards %s interrupted after %d rows (%s)",
+                         _ranges(sorted(rebuilt)), rows,
+                         "fenced" if self._lost else "the lease group is rebalancing")
+                return
             log.info("shards %s rebuilt: %d rows", _ranges(sorted(rebuilt)), rows)
         for shard, start in ready.items():
             only = Progress(epochs={shard: claims[shard].epochs})
@@ -559,13 +610,18 @@ class BatchLoop:
                  rows, _ranges(sorted(shards)), time.monotonic() - t0)
 
     async def _rebuild(self, shards: frozenset[int], only: Progress | None,
-                       views: Sequence[ViewDef] | None = None) -> int:
+                       views: Sequence[ViewDef] | None = None,
+                       interruptible: bool = False) -> int:
         """Write every row of ``shards`` (of ``views``, default all) from the state, then
         delete their rows the state has no source row for: shards never written before (or
-        too far behind), and resyncs. The view is never emptied on the way."""
+        too far behind), and resyncs. The view is never emptied on the way. Stops when
+        fenced; when ``interruptible``, also when :meth:`own` is waiting (a takeover's
+        rebuild, done again later; never a resync, whose command would be lost)."""
         rows = 0
         for part in self.pipeline.rebuild_shards(shards, views):
             rows += await self._sink_write(part, only)
+            if self._lost is not None or (interruptible and self._owning):
+                return rows
         for view in self.pipeline.views if views is None else views:
             for shard in sorted(shards):
                 stale = self.pipeline.without_source_row(view, await self._keys(view, shard))
@@ -581,8 +637,44 @@ class BatchLoop:
 
     async def _sink_write(self, views: Mapping[str, ViewBatch],
                           progress: Progress | None) -> int:
-        return await retry(lambda: asyncio.to_thread(self.sink.write, views, progress),
-                           SinkUnavailable, "sink write")
+        """Write (waiting out a database that is down); a fenced write is remembered in
+        ``_lost`` and writes nothing, nor does any write after it."""
+        if self._lost is not None:
+            return 0
+        try:
+            return await retry(lambda: asyncio.to_thread(self.sink.write, views, progress),
+                               SinkUnavailable, "sink write")
+        except Fenced as exc:
+            self._lost = exc
+            return 0
+
+    def _interrupted(self) -> bool:
+        """A takeover stops between two writes: fenced, or :meth:`own` is waiting."""
+        return self._lost is not None or self._owning > 0
+
+    def _after_step(self) -> None:
+        """After each step (a batch, idle, a takeover): give the shards up if a write was
+        fenced; stop if no assignment came within the grace since."""
+        if self._lost is not None:
+            self._give_up()
+        elif (self._gave_up_at is not None
+              and time.monotonic() - self._gave_up_at > self.fenced_grace_s):
+            raise Fenced(f"no shard assignment from the lease group within "
+                         f"{self.fenced_grace_s:.0f}s after this worker was fenced")
+
+    def _give_up(self) -> None:
+        exc, self._lost = self._lost, None
+        log.warning("%s. Another worker writes that shard now: this worker's lease was lost "
+                    "(a pause longer than the lease session, or a network cut). It gives up "
+                    "shards %s until the lease group assigns shards again; what it did not "
+                    "write, their next owner redoes.", exc, _ranges(sorted(self.owned)) or "-")
+        self.owned = frozenset()
+        self.epochs.clear()
+        self.pending.clear()
+        self._rebuild_at.clear()
+        self.pipeline.active.clear()
+        self._gave_up_at = time.monotonic()
+        self._shards_changed()
 
     async def close(self) -> None:
         """Finish the write in flight and record the shards' positions."""
@@ -624,14 +716,14 @@ class BatchLoop:
                      progress: Progress | None) -> None:
         t0 = time.monotonic()
         if result.rows or (progress is not None and progress.flush):
-            await retry(lambda: asyncio.to_thread(self.sink.write, result.views, progress),
-                        SinkUnavailable, "sink write")
+            await self._sink_write(result.views, progress)
         self.totals.write_s += time.monotonic() - t0
         committed = time.time()
+        written = self._lost is None  # (fenced: nothing written, the next owner redoes it)
         for view, stamps in result.fresh.items():
-            if view in result.views:  # rows of this worker's shards were written
+            if written and view in result.views:  # rows of this worker's shards were written
                 self.totals.freshness[view] = max(0.0, committed - min(stamps) / 1000)
-        if self.metrics is not None:
+        if written and self.metrics is not None:
             self._measure(result, time.monotonic() - t0)
         for dl in result.dead_letters:
             await self.send_dead_letter(dl)

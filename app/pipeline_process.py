@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -389,19 +390,41 @@ def _child_main(settings: Settings, conn: Connection) -> None:
         raise SystemExit(1) from None
 
 
+def _read_pipe(conn: Connection, loop: asyncio.AbstractEventLoop,
+               inbox: asyncio.Queue[tuple[Any, ...]], on_own: Callable[[], None]) -> None:
+    """The pipe from the worker, read in a thread of its own so that a shard assignment is
+    seen while a batch or a takeover runs (which then stops for it: the worker's rebalance
+    callback waits for it). Messages keep their order in ``inbox``."""
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "own":
+                loop.call_soon_threadsafe(on_own)
+            loop.call_soon_threadsafe(inbox.put_nowait, msg)
+            if msg[0] == "close":
+                return
+    except (EOFError, OSError):
+        loop.call_soon_threadsafe(inbox.put_nowait, ("eof",))
+
+
 async def _serve(settings: Settings, conn: Connection) -> None:
     parent = os.getppid()
     parts = Components(settings)
     try:
         await parts.prepare()
         conn.send(("ready", asdict(parts.loop.totals)))
+        inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        threading.Thread(target=_read_pipe, name="pipe-reader", daemon=True,
+                         args=(conn, asyncio.get_running_loop(), inbox,
+                               parts.loop.own_requested)).start()
         closing = False
         last_batch = time.monotonic()
         while not closing:
-            if not await asyncio.to_thread(conn.poll, FLUSH_EVERY_S):
+            try:
+                msg = await asyncio.wait_for(inbox.get(), FLUSH_EVERY_S)
+            except TimeoutError:
                 await parts.loop.idle()  # nothing for a while: record the positions
                 continue
-            msg = conn.recv()
             seqs: list[int] = []
             records: list[RawRecord] = []
             control: tuple[Any, ...] | None = None
@@ -413,14 +436,16 @@ async def _serve(settings: Settings, conn: Connection) -> None:
                 elif msg[0] == "close":
                     closing = True
                     break
+                elif msg[0] == "eof":
+                    raise EOFError
                 elif msg[0] == "ends":
                     parts.ends(msg[1])
                 else:  # "own": after the batches before it
                     control = msg
                     break
-                if len(records) >= MERGE_RECORDS or not conn.poll():
+                if len(records) >= MERGE_RECORDS or inbox.empty():
                     break
-                msg = conn.recv()
+                msg = inbox.get_nowait()
             if os.getppid() != parent:
                 # The worker died: nothing of these batches can be acknowledged any more,
                 # its successor replays them. Stop at once instead of draining the pipe.

@@ -157,6 +157,8 @@ class Worker:
                               owner=self.name, metrics=self.metrics)
         self.read = dict(self.committed)
         self.alive = True
+        #: Out of the lease group without knowing it (a long pause): it goes on writing.
+        self.dropped = False
 
     def kill(self) -> None:
         """SIGKILL: the write in flight may or may not have happened; nothing else runs."""
@@ -189,8 +191,9 @@ class Worker:
 
 
 async def rebalance(workers: list[Worker], rng: random.Random) -> None:
-    """Eager: every live member gives its shards up, then gets its share."""
-    live = [w for w in workers if w.alive]
+    """Eager: every live member gives its shards up, then gets its share (a dropped worker
+    is not a member: it hears nothing)."""
+    live = [w for w in workers if w.alive and not w.dropped]
     for w in live:
         await w.loop.own(frozenset())
     rng.shuffle(live)
@@ -226,21 +229,32 @@ def test_views_equal_the_join_whatever_moves_between_workers(
                                if rng.random() < 0.5 else Command("resync", view))
             w = rng.choice(workers)
             roll = rng.random()
+            members = sum(x.alive and not x.dropped for x in workers)
             if not w.alive:
                 if roll < 0.2:
                     w.start()
                     await rebalance(workers, rng)
-            elif roll < 0.03 and sum(x.alive for x in workers) > 1:
+            elif w.dropped and roll < 0.15:  # back in the group
+                w.dropped = False
+                await rebalance(workers, rng)
+            elif roll < 0.02 and not w.dropped and members > 1:
+                # paused past its session: the group moves on, the worker goes on writing
+                # (fenced: it must step back, and the views stay exact)
+                w.dropped = True
+                await rebalance(workers, rng)
+            elif roll < 0.04 and members > 1:
                 w.kill()  # its shards are unwritten until the group notices
                 if rng.random() < 0.5:
                     await rebalance(workers, rng)
-            elif roll < 0.08:
+            elif roll < 0.09:
                 await rebalance(workers, rng)
             else:
                 await w.step(rng)
         live = [w for w in workers if w.alive]
         if not live:
             workers[0].start()
+        for w in workers:
+            w.dropped = False
         await rebalance(workers, rng)
         # drift made by hand, then a resync of every view: it must end exact anyway
         for w in workers:
@@ -262,6 +276,10 @@ def test_views_equal_the_join_whatever_moves_between_workers(
                 assert not w.loop.pending
 
     asyncio.run(run())
+    assert_views_equal_the_join(source, sink)
+
+
+def assert_views_equal_the_join(source: Source, sink: MemorySink) -> None:
     batches = {k: dict(b, manufactured_on=EPOCH + dt.timedelta(days=b["manufactured_on"]))
                for k, b in source.rows["batches"].items()}
     expected = reference_views(dict(source.rows["categories"]),
@@ -274,7 +292,7 @@ def test_views_equal_the_join_whatever_moves_between_workers(
     assert not diffs, "\n".join(diffs[:10])
 
 
-def test_a_worker_that_lost_its_shards_without_knowing_is_fenced() -> None:
+def test_a_worker_that_lost_its_shards_without_knowing_is_fenced_and_steps_back() -> None:
     rng = random.Random(7)
     source = Source(rng)
     sink = MemorySink()
@@ -282,17 +300,88 @@ def test_a_worker_that_lost_its_shards_without_knowing_is_fenced() -> None:
 
     async def run() -> None:
         await zombie.loop.own(frozenset(range(SHARDS)))
+        await zombie.loop.settle()
         # the group gave the shards to another worker; the zombie never heard of it
         await other.loop.own(frozenset(range(SHARDS)))
-        for _ in range(20):
+        for _ in range(30):
             source.step()
+        while zombie.behind():  # its writes are refused: it gives every shard up
+            await zombie.step(rng)
+        await zombie.loop.drain()
+        await zombie.loop.idle()
+        assert not zombie.loop.owned and not zombie.loop.epochs
+        assert not zombie.loop.pipeline.active
+        while other.behind() or other.loop.pending:
+            await other.step(rng)
+            await other.loop.settle()
+        await other.loop.drain()
+        # the group hears of it again and gives it shards: it claims them afresh
+        await other.loop.own(frozenset({0, 1}))
+        await zombie.loop.own(frozenset({2, 3}))
+        await zombie.loop.settle()
+        assert set(zombie.loop.epochs) == {2, 3}
+        for _ in range(30):
+            source.step()
+        for w in (zombie, other):
+            while w.behind():
+                await w.step(rng)
+            await w.loop.drain()
+        # fenced again, and this time no assignment comes within the grace: it stops
+        await other.loop.own(frozenset(range(SHARDS)))
+        zombie.loop.fenced_grace_s = 0.0
+        source.step()
         with pytest.raises(Fenced):
-            while zombie.behind():
+            while True:
                 await zombie.step(rng)
-            await zombie.loop.drain()
-            await zombie.loop.own(frozenset())  # records positions: a write of its own
+                await zombie.loop.drain()
+                await zombie.loop.idle()
+        while other.behind():
+            await other.step(rng)
+        await other.loop.drain()
 
     asyncio.run(run())
+    assert_views_equal_the_join(source, sink)
+
+
+def test_a_takeover_stops_for_a_rebalance_and_is_done_again_after_it() -> None:
+    """A rebuild takes minutes at a million rows; the lease group's callback must not wait
+    for it (the member would be dropped and fenced). Announced, the next ``own`` stops it
+    at its next write; the shard stays claimed and is rebuilt after the rebalance."""
+    rng = random.Random(11)
+    source = Source(rng)
+    for _ in range(40):
+        source.step()
+    sink = MemorySink()
+    w = Worker("w", source, sink)
+    writes = -1  # counted from the takeover on
+    real_write = sink.write
+
+    def write(views: Any, progress: Any = None) -> int:
+        nonlocal writes
+        if writes >= 0:
+            writes += 1
+            if writes == 1:
+                w.loop.own_requested()  # the group rebalances during the first write
+        return real_write(views, progress)
+
+    sink.write = write  # type: ignore[method-assign]
+
+    async def run() -> None:
+        nonlocal writes
+        while w.behind():
+            await w.step(rng)
+        await w.loop.drain()
+        await w.loop.own(frozenset(range(SHARDS)))
+        writes = 0
+        await w.loop.settle()
+        assert writes == 1 and set(w.loop.pending) == set(range(SHARDS))
+        assert not w.loop.epochs  # nothing taken over: no positions recorded
+        await w.loop.own(frozenset(range(SHARDS)))  # the announced call
+        await w.loop.settle()
+        assert not w.loop.pending and set(w.loop.epochs) == set(range(SHARDS))
+
+    asyncio.run(run())
+    assert_views_equal_the_join(source, sink)
 
 
 def test_the_shards_gauge_follows_takeovers_and_losses_without_a_batch() -> None:
