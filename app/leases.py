@@ -76,9 +76,12 @@ class ShardLeases:
             heartbeat_interval_ms=max(s.lease_session_timeout_ms // 6, 300),
             rebalance_timeout_ms=120_000, auto_offset_reset="latest")
         consumer.subscribe(topics=[s.lease_topic()], listener=Listener())
-        await consumer.start()
-        log.info("joined the shard-lease group %s as %s", s.lease_group(), s.member_name())
         try:
+            # Inside the ``try``: a worker stopped while it joins (its first assignment is
+            # being taken over) still leaves the group at once, instead of staying listed
+            # as a member until its session times out.
+            await consumer.start()
+            log.info("joined the shard-lease group %s as %s", s.lease_group(), s.member_name())
             while True:
                 await consumer.getmany(timeout_ms=1000)
         finally:
