@@ -42,7 +42,15 @@ from app.control import Command, ensure_control_topic, send
 from app.decode import Decoder, RegistrySchemas
 from app.logs import setup_logging
 from app.metrics import Metrics
-from app.pipeline import FLUSH_EVERY_S, BatchLoop, DeadLetter, Pipeline, RawRecord, Totals
+from app.pipeline import (
+    FENCED_GRACE_S,
+    FLUSH_EVERY_S,
+    BatchLoop,
+    DeadLetter,
+    Pipeline,
+    RawRecord,
+    Totals,
+)
 from app.restore import restore
 from app.retry import retry
 from app.settings import Settings
@@ -143,7 +151,10 @@ class Components:
         self.metrics = Metrics(worker=settings.member_name())
         self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send,
                               source=KafkaSource(settings),
-                              owner=settings.member_name(), metrics=self.metrics)
+                              owner=settings.member_name(), metrics=self.metrics,
+                              # a rejoin takes a session or two at most
+                              fenced_grace_s=max(FENCED_GRACE_S,
+                                                 2 * settings.lease_session_timeout_ms / 1000))
         self.web = Web(settings, self.metrics, lambda: self.loop.totals)
 
     def ends(self, highwaters: Positions) -> None:
