@@ -507,11 +507,18 @@ class BatchLoop:
             self._shards_changed()
         gained = sorted(shards - self.owned)
         self.owned = shards
+        never_written = []
         for shard in gained:
             claim = self.pending[shard] = await self._claim(shard)
             if claim.start() is None:
-                assert self.source is not None
-                self._rebuild_at[shard] = await asyncio.to_thread(self.source.ends)
+                never_written.append(shard)
+        if never_written:
+            # The source's end once, after all the claims (so after each one: a rebuild
+            # waits for the state to reach it), not once per shard.
+            assert self.source is not None
+            ends = await asyncio.to_thread(self.source.ends)
+            for shard in never_written:
+                self._rebuild_at[shard] = ends
         if gained:
             log.info("shards %s claimed (%d owned)", _ranges(gained), len(self.owned))
         # The takeover (a redo or a rebuild: seconds) is not done here: ``own`` runs inside
