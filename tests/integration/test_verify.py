@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.integration.conftest import WorkerProcess, wait_converged
+from tests.integration.conftest import WorkerProcess, wait_converged, wait_live
 from tests.integration.workload import Workload
 
 
@@ -32,6 +32,8 @@ def _by_view(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_verify_finds_hand_made_drift_and_only_it(
     product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
 ) -> None:
+    # The worker live (its shards taken over): no takeover rewrites the hand-made drift.
+    wait_live(product_db, consumer_dbs, worker)
     wait_converged(product_db, consumer_dbs, worker)
     rc, out = _verify()
     assert rc == 0 and out["drift"] == 0, out
@@ -112,7 +114,9 @@ def test_verify_reports_no_drift_while_changes_flow(
     th = threading.Thread(target=load)
     th.start()
     try:
-        rc, out = _verify("--chunk", "500")
+        # A re-read 5 s after the first: a 2-core CI machine can stall the pipeline for
+        # more than the default 2 s, and an unchanged stale row would then count as drift.
+        rc, out = _verify("--chunk", "500", "--settle", "5")
     finally:
         stop.set()
         th.join()
