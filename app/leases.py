@@ -11,6 +11,10 @@ back without knowing.
 The group rebalances eagerly: every member first gives up all its shards (the callback
 returns only when none of their rows is in flight and their positions are recorded), then
 receives its new ones — so a shard is never written by two workers at once.
+
+A worker leaves the group only once the claims it was asked for are made: a worker stopped
+while its pipeline claims an assignment would otherwise leave first, and a claim made after
+the group gave those shards to another worker would fence that worker's newer claim.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from app.shards import ShardCountMismatch
 from app.topic_range import ensure_topic
 
 log = logging.getLogger("viewsync.leases")
+
+#: On the way out, how long a worker waits for the claims in progress before it leaves the
+#: group anyway (a consumer database that is down holds them up).
+LEAVE_WAIT_S = 30.0
 
 
 def ensure_lease_topic(settings: Settings) -> None:
@@ -51,6 +59,8 @@ class ShardLeases:
         self.on_change = on_change
         self.owned: frozenset[int] = frozenset()
         self._stopping = False
+        #: The last ``on_change`` call; it runs on when the membership is cancelled.
+        self._change: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         """Join the group and stay in it until cancelled; leave it on the way out."""
@@ -86,7 +96,23 @@ class ShardLeases:
                 await consumer.getmany(timeout_ms=1000)
         finally:
             self._stopping = True
+            await self.settle()
             await consumer.stop()
+
+    async def settle(self, timeout: float = LEAVE_WAIT_S) -> None:
+        """Wait for the ``on_change`` call in progress, if any (its caller may have been
+        cancelled: the shards it claims are claimed all the same)."""
+        change = self._change
+        if change is None or change.done():
+            return
+        log.info("leaving the shard-lease group once the claims in progress are made")
+        try:
+            await asyncio.wait_for(asyncio.shield(change), timeout)
+        except TimeoutError:
+            log.warning("claims still in progress after %.0fs; leaving the shard-lease group "
+                        "anyway", timeout)
+        except Exception:  # raised, and reported, where the call was awaited
+            pass
 
     async def _set(self, shards: frozenset[int]) -> None:
         if shards == self.owned:
@@ -94,7 +120,9 @@ class ShardLeases:
         if shards:
             log.info("shard leases: %s of %d", _show(shards), self.settings.shards)
         self.owned = shards
-        await self.on_change(shards)
+        # Shielded: cancelling the membership does not cancel the claims half made.
+        self._change = asyncio.ensure_future(self.on_change(shards))
+        await asyncio.shield(self._change)
 
 
 def _show(shards: frozenset[int]) -> str:
