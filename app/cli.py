@@ -300,7 +300,11 @@ def verify(
         help="Re-reads of a row that differs: the same difference twice is drift, a row "
         "still changing after them is 'unsettled'.")] = 3,
     settle: Annotated[float, typer.Option(
-        help="Seconds before a re-read; more than the workers' lag.")] = 2.0,
+        help="Seconds before a re-read, for the connector to publish the source's last "
+        "changes; then verify waits for the workers to apply them.")] = 2.0,
+    wait: Annotated[float, typer.Option(
+        help="Longest wait for the workers before a re-read; past it, rows that still "
+        "differ are 'unsettled' (lag), not drift.")] = 120.0,
     repair: Annotated[bool, typer.Option(
         help="Have the workers that own the drifted rows rewrite them (through the "
         "deployment's control topic; verify itself only reads), and wait for it.")] = False,
@@ -310,8 +314,8 @@ def verify(
 
     Reads the source tables and the views in chunks of keys, computes every row with the
     worker's projection, and reports missing / extra / different rows per view with
-    examples. Safe while workers run: a row that differs is read again after a pause; only a
-    difference that stays the same is drift.
+    examples. Safe while workers run: a row that differs is read again once the workers have
+    applied every change in flight; only a difference that stays the same is drift.
     """
     from app.verify import verify as run_verify
 
@@ -327,7 +331,7 @@ def verify(
             err.print(msg, markup=False, highlight=False)
 
     reports = run_verify(settings(ctx), chosen, chunk=chunk, rechecks=rechecks,
-                         settle_s=settle, say=say)
+                         settle_s=settle, wait_s=wait, say=say)
     seconds = time.monotonic() - t0
     peak_mb = _peak_rss_mb()
     drift = sum(r.drift for r in reports)

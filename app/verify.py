@@ -8,9 +8,16 @@ product ids, a batch-grain view in ranges of batch ids (with the products those 
 reference); categories and warranty types are read whole (they are small).
 
 It only reads, so it may run while workers run: every row that differs is read again (source
-and view) after a pause. A difference that stays the same is drift; a row that meanwhile
-matches was in flight; a row that is still changing after ``rechecks`` re-reads is reported
-as *unsettled*, not as drift.
+and view) once the workers have applied every change in flight. A difference that stays the
+same is drift; a row that meanwhile matches was in flight; a row that is still changing
+after ``rechecks`` re-reads is reported as *unsettled*, not as drift.
+
+"In flight" is measured, not guessed: before a re-read, verify waits ``settle_s`` (for the
+connector to publish what the source committed), reads the source topics' ends, and waits
+until every shard of the view's database has recorded positions past them (``app.shards``):
+a row still stale then is not lagging. Workers that do not get there within ``wait_s`` (down,
+or catching up) make every row that still differs *unsettled*: verify cannot tell drift from
+lag then, and says so.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.changes import SOURCE_TABLES
 from app.project import project_many
+from app.reshard import shard_rows
 from app.settings import Settings
-from app.state import SourceState
+from app.shards import behind, merged_minimum
+from app.state import Positions, SourceState
+from app.topic_range import topic_ends
 from app.views import VIEWS, Grain, ViewDef
 
 Row = dict[str, Any]
@@ -76,11 +87,17 @@ def _where(column: str, r: _Range) -> tuple[str, dict[str, int]]:
 class Verifier:
     def __init__(self, settings: Settings, views: Sequence[ViewDef] = VIEWS,
                  chunk: int = 5000, rechecks: int = 3, settle_s: float = 2.0,
-                 examples: int = 5, say: Callable[[str], None] = lambda _m: None) -> None:
+                 wait_s: float = 120.0, examples: int = 5,
+                 say: Callable[[str], None] = lambda _m: None) -> None:
+        self.settings = settings
         self.views = list(views)
         self.chunk = chunk
         self.rechecks = rechecks
         self.settle_s = settle_s
+        self.wait_s = wait_s
+        #: The workers did not apply the changes in flight within ``wait_s``: what still
+        #: differs cannot be told from lag (and is not waited for again).
+        self.lagging = False
         self.max_examples = examples
         self.say = say
         self.source = sa.create_engine(settings.product_url(), pool_pre_ping=True)
@@ -196,6 +213,47 @@ class Verifier:
             self._example(report, f"{view.key}={key} differs in " + ", ".join(
                 f"{c}: expected {want.get(c)!r}, got {got.get(c)!r}" for c in bad))
 
+    # ------------------------------------------------------------------ waiting
+    def _settle(self, view: ViewDef) -> None:
+        """Before a re-read: the connector's delay, then the workers' (see the module)."""
+        time.sleep(self.settle_s)
+        if self.lagging:
+            return
+        try:
+            target = topic_ends(self.settings, [self.settings.topic(t) for t in SOURCE_TABLES])
+        except Exception as exc:  # Kafka unreachable: say so, and go on without it
+            self.say(f"  cannot read the source topics' ends ({exc}); re-reading after "
+                     f"{self.settle_s:g}s only")
+            return
+        t0 = last = time.monotonic()
+        while True:
+            written = self._written(view.consumer)
+            if written is None:
+                return  # no deployment has written this database yet: nothing to wait for
+            if not behind(written, target):
+                return
+            if time.monotonic() - t0 > self.wait_s:
+                left = sum(max(0, off - written.get(tp, 0)) for tp, off in target.items())
+                self.say(f"  the workers have not applied the changes in flight within "
+                         f"{self.wait_s:g}s ({left:,} records to go in {view.consumer}); "
+                         "rows that still differ are reported as unsettled, not as drift")
+                self.lagging = True
+                return
+            if time.monotonic() - last > 10:
+                last = time.monotonic()
+                self.say(f"  waiting for the workers ({last - t0:.0f}s)")
+            time.sleep(0.5)
+
+    def _written(self, consumer: str) -> Positions | None:
+        """The source positions every shard of ``consumer``'s database has recorded (empty:
+        some shard has none yet; ``None``: no shard table there)."""
+        rows = [r for r in shard_rows(self.settings) if r.consumer == consumer]
+        if not rows:
+            return None
+        if len(rows) < rows[0].shards:
+            return {}
+        return merged_minimum(r.positions for r in rows) or {}
+
     def _example(self, report: ViewReport, text: str) -> None:
         if len(report.examples) < self.max_examples:
             report.examples.append(text)
@@ -216,15 +274,16 @@ class Verifier:
             for attempt in range(self.rechecks):
                 if not suspects:
                     break
-                self.say(f"{view.name}: {len(suspects)} row(s) differ; reading them again in "
-                         f"{self.settle_s:g}s ({attempt + 1}/{self.rechecks})")
-                time.sleep(self.settle_s)
+                self.say(f"{view.name}: {len(suspects)} row(s) differ; reading them again "
+                         f"once the changes in flight are applied ({attempt + 1}/"
+                         f"{self.rechecks})")
+                self._settle(view)
                 dims = self._dimensions()
                 expected, actual = self._pair(view, sorted(suspects), dims)
                 now = self._differing(view, expected, actual)
                 changing: dict[int, tuple[Row | None, Row | None]] = {}
                 for key, pair in now.items():
-                    if pair == suspects.get(key):
+                    if pair == suspects.get(key) and not self.lagging:
                         self._record(view, report, key, pair)  # the same difference: drift
                     else:
                         changing[key] = pair  # moved since the last read: in flight

@@ -123,3 +123,32 @@ def test_verify_reports_no_drift_while_changes_flow(
     assert rc == 0, out
     assert sum(wl.counts.values()) > 0
     wait_converged(product_db, consumer_dbs, worker)
+
+
+def test_verify_waits_for_a_lagging_pipeline_instead_of_reporting_drift(
+    product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
+) -> None:
+    """Rows the workers have not applied yet are lag, not drift: verify waits for the
+    workers to apply the changes in flight (up to ``--wait``) before it re-reads a row, and
+    calls what still differs past that *unsettled*. With the pipeline stopped for longer
+    than ``--settle`` × ``--rechecks``, a fixed pause would report those rows as drift."""
+    wait_live(product_db, consumer_dbs, worker)
+    wait_converged(product_db, consumer_dbs, worker)
+    wl = Workload(product_db, seed=random.randrange(1 << 30))
+    worker.pause_pipeline()
+    try:
+        wl.run(15)  # changes the stopped pipeline does not apply
+        rc, out = _verify("--settle", "0.2", "--wait", "1")
+        assert rc == 0 and out["drift"] == 0, out
+        assert sum(v["unsettled"] for v in out["views"]) > 0, out  # lag past --wait
+        later = threading.Timer(4.0, worker.resume_pipeline)
+        later.start()
+        try:
+            rc, out = _verify("--settle", "0.2", "--rechecks", "1")
+        finally:
+            later.cancel()
+    finally:
+        worker.resume_pipeline()
+    assert rc == 0, out
+    assert out["drift"] == 0 and all(v["unsettled"] == 0 for v in out["views"]), out
+    wait_converged(product_db, consumer_dbs, worker)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -56,6 +57,21 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+
+    def _children(self) -> list[int]:
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()]
+
+    def pause_pipeline(self) -> None:
+        """SIGSTOP the worker's pipeline process (the one that writes): the worker stays in
+        its groups, its batches queue up — a pipeline that lags."""
+        for pid in self._children():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume_pipeline(self) -> None:
+        for pid in self._children():
+            os.kill(pid, signal.SIGCONT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
