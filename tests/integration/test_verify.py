@@ -114,8 +114,8 @@ def test_verify_reports_no_drift_while_changes_flow(
     th = threading.Thread(target=load)
     th.start()
     try:
-        # A re-read 5 s after the first: a 2-core CI machine can stall the pipeline for
-        # more than the default 2 s, and an unchanged stale row would then count as drift.
+        # Verify waits for the workers before a re-read, but only ``--settle`` for the
+        # connector: a 2-core CI machine can delay its publishing past the default 2 s.
         rc, out = _verify("--chunk", "500", "--settle", "5")
     finally:
         stop.set()
