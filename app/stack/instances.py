@@ -16,10 +16,13 @@ from typing import Any
 
 from app.settings import Settings
 
-#: Port offsets of the named instances (the default instance is offset 0). Keep an instance
-#: that CI starts below Linux's ephemeral range (32768+): a listener there can find its port
-#: taken by some client connection's local end ("Address already in use").
-INSTANCES: dict[str, int] = {"test": 20_000, "bench": 30_000, "secure": 10_000}
+#: Port offsets of the named instances (the default instance is offset 0). Every instance
+#: stays below Linux's ephemeral range (32768+): a listener there can find its port taken by
+#: some client connection's local end ("Address already in use").
+INSTANCES: dict[str, int] = {"test": 20_000, "bench": 15_000, "secure": 10_000}
+
+#: The first port of Linux's default ephemeral range (``net.ipv4.ip_local_port_range``).
+EPHEMERAL_FIRST = 32_768
 
 #: Settings of the instances beyond their ports and state: ``secure`` is the stack with
 #: everything on that ``stack_tls`` serves (Kafka SASL_SSL/SCRAM, TLS-only databases,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from app.settings import Settings
-from app.stack.instances import INSTANCES, PORT_FIELDS, instance_env, instance_overrides
+from app.stack.instances import (
+    EPHEMERAL_FIRST,
+    INSTANCES,
+    PORT_FIELDS,
+    instance_env,
+    instance_overrides,
+)
 
 
 @pytest.mark.parametrize("name", sorted(INSTANCES))
@@ -25,6 +31,14 @@ def test_instances_do_not_share_ports() -> None:
         ports = {v for f, v in instance_overrides(name).items() if f in PORT_FIELDS}
         assert not ports & seen
         seen |= ports
+
+
+@pytest.mark.parametrize("name", sorted(INSTANCES))
+def test_an_instance_listens_below_the_ephemeral_port_range(name: str) -> None:
+    """A listener on an ephemeral port can find it taken by a client connection's local end
+    (seen once in CI: "Address already in use")."""
+    ports = {f: v for f, v in instance_overrides(name).items() if f in PORT_FIELDS}
+    assert all(v < EPHEMERAL_FIRST for v in ports.values()), ports
 
 
 def test_instance_env_drops_every_setting_that_points_elsewhere() -> None:
