@@ -146,7 +146,8 @@ class Components:
         self.pipeline = Pipeline(
             Decoder(RegistrySchemas(registry_config(settings)), self.topics), self.store,
             views=views, shards=settings.shards, control_topic=settings.control_topic())
-        self.sink = DatabaseSink(sink_urls(settings, views), views)
+        self.sink = DatabaseSink(sink_urls(settings, views), views,
+                                 settings.sink_idle_transaction_timeout_s)
         self.dead_letters = DeadLetterProducer(settings)
         self.metrics = Metrics(worker=settings.member_name())
         self.loop = BatchLoop(self.pipeline, self.sink, self.dead_letters.send,

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     lease_session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
     sink_batch_size: int = Field(2000, ge=1, le=100_000)
     sink_max_wait_ms: int = Field(50, ge=0, le=60_000)
+    #: A consumer database ends a worker's session that sits idle inside a transaction this
+    #: long (a worker frozen mid-write must not hold its shards' locks, and their next
+    #: owner, until it wakes up); 0: never. Far above any pause inside a real write.
+    sink_idle_transaction_timeout_s: float = Field(60.0, ge=0, le=86_400)
     #: Run decode → state → project → sink in a child process of the worker, so that Faust's
     #: own per-record work and the pipeline's run on two cores (off: in the worker process).
     pipeline_process: bool = True

@@ -241,16 +241,42 @@ def _unavailable(exc: sa_exc.DBAPIError) -> bool:
         exc.connection_invalidated)
 
 
+def _end_idle_transactions(engine: Engine, seconds: float) -> None:
+    """Have the database end this engine's sessions that sit idle inside a transaction for
+    ``seconds``: a writer frozen mid-write (a paused VM, a stop-the-world pause, a network
+    cut) would otherwise hold its shard rows locked — and the claims of the shards' next
+    owner waiting — until it wakes up, or until TCP gives up on it hours later. Thawed, it
+    finds its session gone; its retry is then fenced (``app.shards``)."""
+    if engine.dialect.name == "postgresql":
+        stmt = f"SET idle_in_transaction_session_timeout = {int(seconds * 1000)}"
+    elif engine.dialect.name in ("mysql", "mariadb"):
+        stmt = f"SET SESSION idle_transaction_timeout = {max(1, round(seconds))}"
+    else:
+        return
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(stmt)
+        finally:
+            cur.close()
+        dbapi_conn.commit()  # a SET is transactional in PostgreSQL
+
+
 class ConsumerSink:
     """One consumer database and its view tables."""
 
-    def __init__(self, consumer: str, url: str, views: Sequence[ViewDef]) -> None:
+    def __init__(self, consumer: str, url: str, views: Sequence[ViewDef],
+                 idle_transaction_timeout_s: float = 0.0) -> None:
         self.consumer = consumer
         # READ COMMITTED: no gap locks on MariaDB, so workers writing interleaved keys of
         # one table (their shards) do not deadlock on each other's gaps. (PostgreSQL's
         # default.)
         self.engine: Engine = sa.create_engine(url, pool_pre_ping=True,
                                                isolation_level="READ COMMITTED")
+        if idle_transaction_timeout_s > 0:
+            _end_idle_transactions(self.engine, idle_transaction_timeout_s)
         self.metadata = sa.MetaData()
         self.views = [v for v in views if v.consumer == consumer]
         self.tables = {v.name: view_table(v, self.metadata) for v in self.views}
@@ -444,8 +470,10 @@ class DatabaseSink:
     ``urls`` maps a consumer name to its SQLAlchemy URL.
     """
 
-    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS) -> None:
-        self.consumers = [ConsumerSink(c, urls[c], views) for c in consumers(tuple(views))]
+    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS,
+                 idle_transaction_timeout_s: float = 0.0) -> None:
+        self.consumers = [ConsumerSink(c, urls[c], views, idle_transaction_timeout_s)
+                          for c in consumers(tuple(views))]
 
     def create_tables(self) -> list[str]:
         with _translated("create view tables"):

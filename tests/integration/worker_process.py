@@ -58,6 +58,16 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(30)
 
+    def pause(self) -> None:
+        """SIGSTOP the worker and its pipeline process: a VM frozen, a stop-the-world pause,
+        a network cut — it misses its heartbeats and does not know."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def _children(self) -> list[int]:
         assert self.proc is not None
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
