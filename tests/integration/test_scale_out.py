@@ -148,19 +148,26 @@ def _products_on_two_shards(wl: Workload, conn: sa.Connection) -> tuple[int, int
     return ids[0], ids[1]
 
 
+def _two_workers(product_db: sa.Engine, consumer_dbs: dict[str, sa.Engine],
+                 d: Deployment) -> tuple[Workload, WorkerProcess, WorkerProcess]:
+    """A seeded workload and workers w1 and w2, converged, owning the shards between them."""
+    seed = random.randrange(1 << 30)
+    print(f"\nworkload seed: {seed}")
+    wl = Workload(product_db, seed=seed)
+    w1, w2 = d.start("w1"), d.start("w2")
+    wl.run(40)
+    converge(product_db, consumer_dbs, [w1, w2], d)
+    wait_owned(consumer_dbs, {"w1", "w2"}, d)
+    return wl, w1, w2
+
+
 def test_workers_come_and_go_and_every_view_stays_exact(
     stack: Stack, settings: Settings, product_db: sa.Engine,
     consumer_dbs: dict[str, sa.Engine], deployment: Deployment,
 ) -> None:
     assert settings.source_partitions >= 4
-    seed = random.randrange(1 << 30)
-    print(f"\nworkload seed: {seed}")
-    wl = Workload(product_db, seed=seed)
     d = deployment
-    w1, w2 = d.start("w1"), d.start("w2")
-    wl.run(40)
-    converge(product_db, consumer_dbs, [w1, w2], d)
-    wait_owned(consumer_dbs, {"w1", "w2"}, d)
+    wl, w1, w2 = _two_workers(product_db, consumer_dbs, d)
 
     # kill -9 one worker while the workload runs; its shards move to the other; then it
     # comes back
@@ -218,15 +225,9 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_every_view_stays_exact(
     goes on from where it stood — its next writes carry the old epochs and are refused —,
     gives its shards up, rejoins the group, and takes its share again. No write of the old
     owner lands after the new owner's claim: the views end exactly the join."""
-    seed = random.randrange(1 << 30)
-    print(f"\nworkload seed: {seed}")
-    wl = Workload(product_db, seed=seed)
     d = deployment
     d.env["VIEWSYNC_SINK_IDLE_TRANSACTION_TIMEOUT_S"] = "3"
-    w1, w2 = d.start("w1"), d.start("w2")
-    wl.run(40)
-    converge(product_db, consumer_dbs, [w1, w2], d)
-    wait_owned(consumer_dbs, {"w1", "w2"}, d)
+    wl, w1, w2 = _two_workers(product_db, consumer_dbs, d)
 
     busy = threading.Thread(target=wl.run, args=(150,))
     busy.start()
