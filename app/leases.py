@@ -96,8 +96,10 @@ class ShardLeases:
                 await consumer.getmany(timeout_ms=1000)
         finally:
             self._stopping = True
-            await self.settle()
-            await consumer.stop()
+            try:
+                await self.settle()
+            finally:  # even if cancelled again meanwhile: leave the group
+                await consumer.stop()
 
     async def settle(self, timeout: float = LEAVE_WAIT_S) -> None:
         """Wait for the ``on_change`` call in progress, if any (its caller may have been

@@ -254,14 +254,24 @@ def _end_idle_transactions(engine: Engine, seconds: float) -> None:
     else:
         return
 
+    warned = False
+
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        nonlocal warned
         cur = dbapi_conn.cursor()
         try:
             cur.execute(stmt)
+            dbapi_conn.commit()  # a SET is transactional in PostgreSQL
+        except Exception as exc:  # e.g. MySQL, which has no such limit: go on without it
+            dbapi_conn.rollback()
+            if not warned:
+                warned = True
+                log.warning("%s: the database refused %r (%s); a worker frozen inside a "
+                            "write will hold its shards until it wakes up", engine.url.database,
+                            stmt, exc)
         finally:
             cur.close()
-        dbapi_conn.commit()  # a SET is transactional in PostgreSQL
 
 
 class ConsumerSink:
