@@ -25,6 +25,7 @@ from typing import Literal
 
 from app.clients import kafka_config
 from app.settings import Settings
+from app.shards import behind
 from app.topic_range import ensure_topic
 
 Op = Literal["resync", "repair"]
@@ -66,12 +67,10 @@ def ensure_control_topic(settings: Settings) -> None:
 def carried_out(settings: Settings, consumer: str, end: int) -> bool:
     """Whether every shard in ``consumer``'s database has written positions past ``end`` on
     the control topic (its owner has carried out every command before ``end``)."""
-    from app.reshard import shard_rows
+    from app.reshard import shard_rows, written
 
-    rows = [r for r in shard_rows(settings) if r.consumer == consumer]
-    tp = (settings.control_topic(), 0)
-    return bool(rows) and len(rows) == rows[0].shards and all(
-        r.positions is not None and r.positions.get(tp, 0) >= end for r in rows)
+    done = written(shard_rows(settings), consumer)
+    return done is not None and not behind(done, {(settings.control_topic(), 0): end})
 
 
 def wait_carried_out(settings: Settings, consumers: set[str], end: int, timeout: float,

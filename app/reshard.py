@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ from app.clients import kafka_config
 from app.settings import Settings
 from app.shards import decode_positions, encode_positions, merged_minimum
 from app.sink import shards_table, sink_urls
+from app.state import Positions
 
 log = logging.getLogger("viewsync.reshard")
 
@@ -63,6 +64,17 @@ def shard_rows(settings: Settings) -> list[ShardRow]:
         finally:
             engine.dispose()
     return out
+
+
+def written(rows: Sequence[ShardRow], consumer: str) -> Positions | None:
+    """The source positions every shard of ``consumer``'s database has recorded, from
+    :func:`shard_rows` (``None``: no shard rows there; empty: some shard has none yet)."""
+    mine = [r for r in rows if r.consumer == consumer]
+    if not mine:
+        return None
+    if len(mine) < mine[0].shards:
+        return {}
+    return merged_minimum(r.positions for r in mine) or {}
 
 
 def lease_members(settings: Settings) -> list[str]:

@@ -31,10 +31,10 @@ import sqlalchemy as sa
 
 from app.changes import SOURCE_TABLES
 from app.project import project_many
-from app.reshard import shard_rows
+from app.reshard import shard_rows, written
 from app.settings import Settings
-from app.shards import behind, merged_minimum
-from app.state import Positions, SourceState
+from app.shards import behind
+from app.state import SourceState
 from app.topic_range import topic_ends
 from app.views import VIEWS, Grain, ViewDef
 
@@ -227,13 +227,13 @@ class Verifier:
             return
         t0 = last = time.monotonic()
         while True:
-            written = self._written(view.consumer)
-            if written is None:
+            written_now = written(shard_rows(self.settings), view.consumer)
+            if written_now is None:
                 return  # no deployment has written this database yet: nothing to wait for
-            if not behind(written, target):
+            if not behind(written_now, target):
                 return
             if time.monotonic() - t0 > self.wait_s:
-                left = sum(max(0, off - written.get(tp, 0)) for tp, off in target.items())
+                left = sum(max(0, off - written_now.get(tp, 0)) for tp, off in target.items())
                 self.say(f"  the workers have not applied the changes in flight within "
                          f"{self.wait_s:g}s ({left:,} records to go in {view.consumer}); "
                          "rows that still differ are reported as unsettled, not as drift")
@@ -243,16 +243,6 @@ class Verifier:
                 last = time.monotonic()
                 self.say(f"  waiting for the workers ({last - t0:.0f}s)")
             time.sleep(0.5)
-
-    def _written(self, consumer: str) -> Positions | None:
-        """The source positions every shard of ``consumer``'s database has recorded (empty:
-        some shard has none yet; ``None``: no shard table there)."""
-        rows = [r for r in shard_rows(self.settings) if r.consumer == consumer]
-        if not rows:
-            return None
-        if len(rows) < rows[0].shards:
-            return {}
-        return merged_minimum(r.positions for r in rows) or {}
 
     def _example(self, report: ViewReport, text: str) -> None:
         if len(report.examples) < self.max_examples:

@@ -35,13 +35,16 @@ def test_a_cancelled_membership_leaves_only_once_its_claims_are_made() -> None:
 
 
 def test_settle_gives_up_waiting_after_its_timeout() -> None:
+    started = asyncio.Event()
+
     async def never(shards: frozenset[int]) -> None:
+        started.set()
         await asyncio.Event().wait()
 
     async def main() -> None:
         leases = ShardLeases(load_settings(), never)
         callback = asyncio.ensure_future(leases._set(frozenset({1})))
-        await asyncio.sleep(0.01)
+        await started.wait()
         callback.cancel()
         await asyncio.gather(callback, return_exceptions=True)
         await asyncio.wait_for(leases.settle(timeout=0.05), 5)
