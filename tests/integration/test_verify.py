@@ -135,8 +135,15 @@ def test_verify_waits_for_a_lagging_pipeline_instead_of_reporting_drift(
     wait_live(product_db, consumer_dbs, worker)
     wait_converged(product_db, consumer_dbs, worker)
     wl = Workload(product_db, seed=random.randrange(1 << 30))
+    pid = (1 << 36) + random.randrange(1 << 30)
     worker.pause_pipeline()
     try:
+        with product_db.begin() as conn:  # a change every view must show, and a workload
+            conn.execute(sa.text(f"INSERT INTO categories VALUES ({pid}, NULL, 'lag', 'Lag')"))
+            conn.execute(sa.text(f"INSERT INTO products VALUES ({pid}, 'LAG-{pid}', 'Lag', "
+                                 f"{pid}, NULL, 'pcs', 1.00, 'active')"))
+            conn.execute(sa.text(f"INSERT INTO batches VALUES ({pid}, {pid}, 'LAG', NULL, "
+                                 "NULL)"))
         wl.run(15)  # changes the stopped pipeline does not apply
         rc, out = _verify("--settle", "0.2", "--wait", "1")
         assert rc == 0 and out["drift"] == 0, out
