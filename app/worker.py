@@ -114,7 +114,7 @@ class Worker:
             await self.leases.run()
         except asyncio.CancelledError:
             # Expected when the worker stops; otherwise the worker is out of the lease
-            # group and writes nothing more: say so (seen once in CI, cause unknown).
+            # group and writes nothing more: say which it is.
             log.info("shard-lease membership ended (%s; owned: %s)",
                      "the worker is stopping" if self.app.should_stop else "cancelled",
                      ",".join(map(str, sorted(self.leases.owned))) or "none")
