@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from app.connectors import ConnectClient, ConnectError
 from app.settings import Settings, load_settings
 from app.stack.instances import instance_env
 from app.stack.manager import Stack, StackError
@@ -31,6 +32,11 @@ CONVERGE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_CONVERGE_TIMEOUT", "120")
 #: A fresh worker reads the topics' whole history before it takes shards (hundreds of
 #: thousands of records late in a test run).
 LIVE_TIMEOUT = float(os.environ.get("VIEWSYNC_TEST_LIVE_TIMEOUT", "600"))
+#: The session's budget. A healthy run takes about 10 minutes; one that passes this stops
+#: before its next test, so the failures so far are reported (CI's limit is 90 minutes, and a
+#: stack left broken by one test would otherwise make each later test wait out its timeouts).
+SESSION_BUDGET_S = float(os.environ.get("VIEWSYNC_TEST_BUDGET_S", "2400"))
+_SESSION_START = time.monotonic()
 
 # From here on, settings and subprocesses see the test instance and nothing else.
 _env = instance_env("test")
@@ -55,6 +61,30 @@ def stack(settings: Settings) -> Stack:
                 f"the real test stack ({settings.state_dir}) is required and could not start "
                 f"{', '.join(down)}: {exc}", pytrace=False)
     return st
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    spent = time.monotonic() - _SESSION_START
+    if spent > SESSION_BUDGET_S:
+        pytest.exit(f"the test session has run {spent / 60:.0f} min, past its budget of "
+                    f"{SESSION_BUDGET_S / 60:.0f} min (VIEWSYNC_TEST_BUDGET_S); not starting "
+                    f"{item.nodeid}. Look at the first failure above.", returncode=1)
+
+
+@pytest.fixture(autouse=True)
+def _source_connector_running(request: pytest.FixtureRequest) -> None:
+    """Every test on the stack starts with the shared source connector running, or fails at
+    once naming its state: a test that left it failed (a binlog gap, say) must not make every
+    later test wait out its own timeouts for changes that never come."""
+    if "stack" not in request.fixturenames:
+        return
+    request.getfixturevalue("stack")
+    settings: Settings = request.getfixturevalue("settings")
+    try:
+        ConnectClient(settings).wait_running(timeout=60)
+    except ConnectError as exc:
+        pytest.fail(f"the source connector is not running (an earlier test left it so?): {exc}",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

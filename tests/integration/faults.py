@@ -28,10 +28,30 @@ def kill9(stack: Stack, name: str) -> None:
     if name in _started:
         _started.pop(name).wait(30)
     deadline = time.monotonic() + 30
-    while read_pid(stack.paths, name) is not None or component(stack, name).healthy():
+    # Gone for good: no process of the group left, not even a zombie. The PostgreSQL server
+    # runs under ``runuser``, so it is a grandchild, reaped by init when init gets to it; until
+    # then its pid exists, and a new postmaster takes the old lock file for a live server's.
+    while (read_pid(stack.paths, name) is not None or _group_exists(pid)
+           or component(stack, name).healthy()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name} still answers 30 s after SIGKILL")
+            raise AssertionError(f"{name} (process group {pid}) still exists 30 s after SIGKILL")
         time.sleep(0.1)
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether any process (a zombie too) is in process group ``pgid``."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+        if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+            return True
+    return False
 
 
 def stop_clean(stack: Stack, name: str) -> None:
