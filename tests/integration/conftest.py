@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from app.connectors import ConnectClient, ConnectError
 from app.settings import Settings, load_settings
+from app.stack.components import port_open
 from app.stack.instances import instance_env
 from app.stack.manager import Stack, StackError
 from tests.integration.reference import Views, actual_views, diff_views, expected_views
@@ -52,6 +53,11 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Stack:
     st = Stack(settings)
+    _start_what_is_down(st, settings)
+    return st
+
+
+def _start_what_is_down(st: Stack, settings: Settings) -> list[str]:
     down = [f"{name} (port {port})" for name, port, _pid, ok in st.status() if not ok]
     if down:
         try:
@@ -60,7 +66,7 @@ def stack(settings: Settings) -> Stack:
             pytest.fail(
                 f"the real test stack ({settings.state_dir}) is required and could not start "
                 f"{', '.join(down)}: {exc}", pytrace=False)
-    return st
+    return down
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -72,14 +78,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _source_connector_running(request: pytest.FixtureRequest) -> None:
-    """Every test on the stack starts with the shared source connector running, or fails at
-    once naming its state: a test that left it failed (a binlog gap, say) must not make every
-    later test wait out its own timeouts for changes that never come."""
+def _stack_up_and_connector_running(request: pytest.FixtureRequest) -> None:
+    """Every test on the stack starts with every component up and the shared source connector
+    running. A component that an earlier, failed fault test left down is started again (and
+    said so); a connector that is not running fails the test at once, naming its state. Either
+    would otherwise make every later test wait out its own timeouts for changes that never
+    come."""
     if "stack" not in request.fixturenames:
         return
-    request.getfixturevalue("stack")
+    st: Stack = request.getfixturevalue("stack")
     settings: Settings = request.getfixturevalue("settings")
+    closed = [c for c in st.components() if not port_open(settings.host, c.port)]
+    restarted = _start_what_is_down(st, settings) if closed else []
+    if restarted:
+        print(f"\n{', '.join(restarted)} was down (left so by an earlier test?): started again")
     try:
         ConnectClient(settings).wait_running(timeout=60)
     except ConnectError as exc:
