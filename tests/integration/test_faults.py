@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from app.connectors import ConnectClient
+from app.connectors import ConnectClient, ConnectError
 from app.settings import Settings
 from app.stack.manager import Stack
 from app.topic_range import end_offsets, partitions
@@ -438,15 +438,13 @@ def test_binlog_gap_fails_loudly_and_resnapshot_recovers_exactly(
         wait_converged(product_db, consumer_dbs, worker, timeout=RECOVERY_TIMEOUT)
         assert worker.alive()
     finally:
-        if not healthy and not _running(client):
-            print("the test failed with the connector not running: resnapshot to heal it")
-            _resnapshot()
-
-
-def _running(client: ConnectClient) -> bool:
-    status = client.status()
-    return status["connector"]["state"] == "RUNNING" and all(
-        t["state"] == "RUNNING" for t in status.get("tasks", []))
+        if not healthy:
+            try:
+                client.wait_running(timeout=10)
+            except ConnectError as exc:
+                print(f"the test failed with the connector not running ({str(exc)[:200]}): "
+                      "resnapshot to heal it")
+                _resnapshot()
 
 
 def _purge_binlog(product_db: sa.Engine) -> None:
