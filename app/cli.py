@@ -235,7 +235,7 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The pipeline's health: connector and tasks, every worker of the deployment and its
     lag, each view's rows and staleness, dead letters. Exit 1 when something is wrong
     (thresholds: VIEWSYNC_STATUS_MAX_LAG, VIEWSYNC_STATUS_MAX_STALENESS_S)."""
-    from app.status import status
+    from app.status_model import status
 
     s = settings(ctx)
     st = status(s)

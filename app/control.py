@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.clients import kafka_config
+from app.positions import behind
 from app.settings import Settings
-from app.shards import behind
 from app.topic_range import ensure_topic
 
 Op = Literal["resync", "repair"]

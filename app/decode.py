@@ -62,6 +62,16 @@ def contract(table: SourceTable, part: str) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(text))
 
 
+def _row_schema(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """The row record of a contract's value (its ``before``/``after`` image)."""
+    return cast(dict[str, Any], envelope["fields"][0]["type"][1])
+
+
+def contract_columns(table: SourceTable) -> tuple[str, ...]:
+    """The columns of ``table`` the contract carries (its value's row image), in order."""
+    return tuple(f["name"] for f in _row_schema(contract(table, "value"))["fields"])
+
+
 def _converters(record_schema: Mapping[str, Any]) -> dict[str, Callable[[Any], Any]]:
     """Column -> conversion for Debezium semantic types that Avro does not tag itself."""
     out: dict[str, Callable[[Any], Any]] = {}
@@ -86,9 +96,7 @@ class Decoder:
         for table in SOURCE_TABLES:
             for part in ("key", "value"):
                 self._readers[(table, part)] = fastavro.parse_schema(contract(table, part))
-            value = contract(table, "value")
-            row_schema = value["fields"][0]["type"][1]
-            self._convert[table] = _converters(row_schema)
+            self._convert[table] = _converters(_row_schema(contract(table, "value")))
 
     @property
     def topics(self) -> tuple[str, ...]:

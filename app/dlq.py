@@ -1,9 +1,10 @@
 """``viewsync dlq list | show | replay``: the dead-letter topic, for people.
 
 Every dead letter is the original record (key and value bytes, untouched) with two headers
-written by the worker: ``viewsync.reason`` and ``viewsync.source`` (``topic[partition]@offset``
-of the original). ``replay`` puts dead letters back on their source topic, once their cause
-is fixed (a schema registered again, a contract updated, a worker upgraded):
+written by the worker (``app.records``, where their format is written): ``viewsync.reason``
+and ``viewsync.source`` (``topic[partition]@offset`` of the original). ``replay`` puts dead
+letters back on their source topic, once their cause is fixed (a schema registered again, a
+contract updated, a worker upgraded):
 
 - only dead letters not replayed before (the replay's own consumer group remembers how far
   it got), so running it twice replays nothing twice;
@@ -18,19 +19,18 @@ reason, as a new entry.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from app.changes import SOURCE_TABLES
 from app.clients import kafka_config
+from app.records import REASON_HEADER, SOURCE_HEADER, parse_source
 from app.settings import Settings
 from app.topic_range import end_offsets, partitions, read_range
 
-_SOURCE = re.compile(r"^(?P<topic>.+)\[(?P<partition>\d+)\]@(?P<offset>\d+)$")
-
 
 @dataclass(frozen=True)
-class DeadLetter:
+class StoredDeadLetter:
+    """A dead letter as read back from the dead-letter topic."""
+
     partition: int
     offset: int
     timestamp_ms: int
@@ -42,32 +42,30 @@ class DeadLetter:
     @property
     def origin(self) -> tuple[str, int, int] | None:
         """(topic, partition, offset) of the original record, when the header says."""
-        m = _SOURCE.match(self.source)
-        if m is None:
-            return None
-        return m["topic"], int(m["partition"]), int(m["offset"])
+        return parse_source(self.source)
 
 
 @dataclass
 class ReplayResult:
-    replayed: list[DeadLetter] = field(default_factory=list)
-    superseded: list[DeadLetter] = field(default_factory=list)
-    skipped: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    replayed: list[StoredDeadLetter] = field(default_factory=list)
+    superseded: list[StoredDeadLetter] = field(default_factory=list)
+    skipped: list[tuple[StoredDeadLetter, str]] = field(default_factory=list)
 
 
-def dead_letters(settings: Settings, since: dict[int, int] | None = None) -> list[DeadLetter]:
+def dead_letters(settings: Settings, since: dict[int, int] | None = None
+                 ) -> list[StoredDeadLetter]:
     """Every dead letter (from ``since`` per partition), oldest first."""
     return _dead_letters(settings, since, None)
 
 
 def _dead_letters(settings: Settings, since: dict[int, int] | None,
-                  ends: dict[int, int] | None) -> list[DeadLetter]:
+                  ends: dict[int, int] | None) -> list[StoredDeadLetter]:
     topic = settings.dead_letter_topic
     starts = {p: (since or {}).get(p, 0) for p in partitions(settings, topic)}
-    return [DeadLetter(
+    return [StoredDeadLetter(
         partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms,
-        reason=r.headers.get("viewsync.reason", b"").decode(errors="replace"),
-        source=r.headers.get("viewsync.source", b"").decode(errors="replace"),
+        reason=r.headers.get(REASON_HEADER, b"").decode(errors="replace"),
+        source=r.headers.get(SOURCE_HEADER, b"").decode(errors="replace"),
         key=r.key, value=r.value) for r in read_range(settings, topic, starts, ends)]
 
 
@@ -86,8 +84,8 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
         # is left for the next replay.
         ends = end_offsets(settings, topic, parts)
         todo = _dead_letters(settings, since, ends)
-        sources = {settings.topic(t) for t in SOURCE_TABLES}
-        candidates: list[tuple[DeadLetter, tuple[str, int, int]]] = []
+        sources = set(settings.source_topics())
+        candidates: list[tuple[StoredDeadLetter, tuple[str, int, int]]] = []
         origins: set[tuple[str, int, int]] = set()
         for dl in todo:
             origin = dl.origin
@@ -120,7 +118,8 @@ def replay(settings: Settings, dry_run: bool = False) -> ReplayResult:
     return result
 
 
-def _latest_offsets(settings: Settings, candidates: list[tuple[DeadLetter, tuple[str, int, int]]]
+def _latest_offsets(settings: Settings,
+                    candidates: list[tuple[StoredDeadLetter, tuple[str, int, int]]]
                     ) -> dict[tuple[str, int, bytes], int]:
     """For every (topic, partition, key) of the candidates: the offset of its newest record
     at or after the oldest candidate of that partition."""

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.clients import kafka_config
+from app.positions import Positions
 from app.settings import Settings
 from app.shards import decode_positions, encode_positions, merged_minimum
 from app.sink import shards_table, sink_urls
-from app.state import Positions
 
 log = logging.getLogger("viewsync.reshard")
 

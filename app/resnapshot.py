@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.changes import SOURCE_TABLES
 from app.clients import kafka_config, registry_config
 from app.connectors import ConnectClient, ConnectError
 from app.decode import DecodeFailure, Decoder, RegistrySchemas
@@ -62,9 +61,8 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     t0 = time.monotonic()
     result = ResnapshotResult()
     client = ConnectClient(settings)
-    topics = [settings.topic(t) for t in SOURCE_TABLES]
-    decoder = Decoder(RegistrySchemas(registry_config(settings)),
-                      dict(zip(topics, SOURCE_TABLES, strict=True)))
+    topics = list(settings.source_topics())
+    decoder = Decoder(RegistrySchemas(registry_config(settings)), settings.topic_tables())
 
     say(f"stopping connector {client.name} and resetting its offsets")
     client.stop()
@@ -104,7 +102,7 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     client.stop()
     ends = _end_offsets(settings, topics)
     producer = Producer(kafka_config(settings, {"acks": "all", "enable.idempotence": True}))
-    for topic, table in zip(topics, SOURCE_TABLES, strict=True):
+    for topic, table in settings.topic_tables().items():
         # Per partition: a tombstone goes to the partition its key's records are in (the
         # producer here does not hash keys as Connect's does).
         latest: dict[tuple[int, bytes], tuple[int, bool]] = {}

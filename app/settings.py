@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from app.changes import SourceTable
     from app.views import ViewDef
 
 
@@ -66,16 +67,15 @@ class Settings(BaseSettings):
 
     # --- endpoints (derived from the stack settings when not given) --------------------
     source_url: SecretStr | None = None
-    order_db_url: SecretStr | None = None
-    purchase_db_url: SecretStr | None = None
     kafka_bootstrap: str | None = None
     schema_registry_url: str | None = None
     connect_url: str | None = None
 
     #: The views file (``app.views``); default: the bundled ``schemas/views.toml``.
     views_file: Path | None = None
-    #: Consumer database URLs by consumer name, for consumers other than order and
-    #: purchase; ``VIEWSYNC_<CONSUMER>_DB_URL`` in the environment wins.
+    #: Consumer database URLs by consumer name (see :meth:`consumer_url`). A consumer of
+    #: the local stack (``[consumers]`` of the views file) may also be given as
+    #: ``<consumer>_db_url``. ``VIEWSYNC_<CONSUMER>_DB_URL`` beats the config file's.
     consumer_db_urls: dict[str, SecretStr] = Field(default_factory=dict)
 
     # --- secure connections (README, "Secure connections") -----------------------------
@@ -158,6 +158,28 @@ class Settings(BaseSettings):
     status_max_lag: int = Field(100_000, ge=0)
     status_max_staleness_s: float = Field(60.0, gt=0)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _consumer_url_keys(cls, data: Any) -> Any:
+        """``<consumer>_db_url`` (a file key, an override) of a consumer of the local stack:
+        its entry of ``consumer_db_urls``; ``None`` changes nothing."""
+        if not isinstance(data, dict):
+            return data
+        keys = stack_consumer_url_keys()
+        data = dict(data)
+        urls: dict[str, Any] = {}
+        for key in [k for k in data if k in keys]:
+            value = data.pop(key)
+            if value is None:
+                continue
+            if not isinstance(value, str | SecretStr):
+                raise ValueError(f"{key} (VIEWSYNC_{key.upper()}): not a database URL")
+            urls[keys[key]] = value
+        given = data.get("consumer_db_urls") or {}
+        if urls and isinstance(given, dict):  # (anything else: its own validation error)
+            data["consumer_db_urls"] = {**given, **urls}
+        return data
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
@@ -262,32 +284,33 @@ class Settings(BaseSettings):
         return self._with_db_tls(self._mariadb_url(self.product_db_port, self.source_database))
 
     def consumer_url(self, consumer: str) -> str:
-        """The SQLAlchemy URL of one consumer database: ``VIEWSYNC_<CONSUMER>_DB_URL`` (or
-        ``consumer_db_urls`` in the config file); else the local stack's — ``order`` and
-        any other consumer a database of its name on the consumers' PostgreSQL server,
-        ``purchase`` on the Purchase MariaDB. With the TLS of ``db_ssl_mode``."""
+        """The SQLAlchemy URL of one consumer database: ``consumer_db_urls`` as given (an
+        override), ``VIEWSYNC_<CONSUMER>_DB_URL``, ``consumer_db_urls`` of the config file;
+        else the local stack's: a database of the consumer's name on the server the views
+        file's ``[consumers]`` tables name (``app.views.stack_servers``; default the
+        consumers' PostgreSQL server). With the TLS of ``db_ssl_mode``."""
         return self._with_db_tls(self._consumer_url(consumer))
 
     def _consumer_url(self, consumer: str) -> str:
-        given = {"order": self.order_db_url, "purchase": self.purchase_db_url}.get(consumer)
-        if given is not None:
+        given = self.consumer_db_urls.get(consumer)
+        if given is not None:  # load_settings drops the file's when the environment has one
             return given.get_secret_value()
         env = os.environ.get(f"VIEWSYNC_{consumer.upper()}_DB_URL")
         if env:
             return env
-        if consumer in self.consumer_db_urls:
-            return self.consumer_db_urls[consumer].get_secret_value()
-        if consumer == "purchase":
-            return self._mariadb_url(self.purchase_db_port, "purchase")
+        from app.views import stack_servers
+
+        if stack_servers(self.views_file).get(consumer) == "mariadb":
+            return self._mariadb_url(self.purchase_db_port, consumer)
         pw = quote(self.db_password.get_secret_value(), safe="")
         return (f"postgresql+psycopg://{self.db_user}:{pw}@{self.host}:{self.order_db_port}/"
                 f"{consumer}")
 
     def views(self) -> tuple[ViewDef, ...]:
         """The views to maintain (``views_file``, else the bundled file)."""
-        from app.views import VIEWS, load_views
+        from app.views import bundled_views, load_views
 
-        return VIEWS if self.views_file is None else load_views(self.views_file)
+        return bundled_views() if self.views_file is None else load_views(self.views_file)
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
@@ -308,6 +331,20 @@ class Settings(BaseSettings):
 
     def topic(self, table: str) -> str:
         return f"{self.topic_prefix}.{self.source_database}.{table}"
+
+    def topic_tables(self) -> dict[str, SourceTable]:
+        """Every source topic and the table whose changes it carries."""
+        from app.changes import SOURCE_TABLES
+
+        return {self.topic(t): t for t in SOURCE_TABLES}
+
+    def source_topics(self) -> tuple[str, ...]:
+        """The source topics (one per source table), in the tables' order."""
+        return tuple(self.topic_tables())
+
+    def stream_topics(self) -> tuple[str, ...]:
+        """What a worker reads, in order: the source topics and the control topic."""
+        return (*self.source_topics(), self.control_topic())
 
     def worker_dir(self) -> Path:
         return self.worker_data_dir or (self.state_dir / "worker")
@@ -345,6 +382,15 @@ class Settings(BaseSettings):
         return f"{self.worker_id}@{socket.gethostname()}/{where}"
 
 
+def stack_consumer_url_keys() -> dict[str, str]:
+    """``<consumer>_db_url`` -> consumer, for every consumer of the local stack (the
+    ``[consumers]`` tables of the bundled views file): the settings keys that give their
+    database URLs besides ``consumer_db_urls`` (and ``VIEWSYNC_<CONSUMER>_DB_URL``)."""
+    from app.views import stack_servers
+
+    return {f"{c}_db_url": c for c in stack_servers()}
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Load and validate settings; raise :class:`ConfigError` naming the bad field."""
     path = config_file or os.environ.get("VIEWSYNC_CONFIG_FILE")
@@ -362,6 +408,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     for key in list(values):
         if f"VIEWSYNC_{key.upper()}" in os.environ:
             del values[key]
+    file_urls = values.get("consumer_db_urls")
+    if isinstance(file_urls, dict):
+        values["consumer_db_urls"] = {c: url for c, url in file_urls.items()
+                                      if not os.environ.get(f"VIEWSYNC_{str(c).upper()}_DB_URL")}
     values.update(overrides)
     try:
         settings = Settings(**values)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from app.state import Positions
+from app.positions import Positions
 
 
 def shard_of(key: int, shards: int) -> int:
@@ -80,11 +80,6 @@ class Progress:
 
     def for_consumer(self, consumer: str) -> dict[int, int]:
         return {s: e[consumer] for s, e in self.epochs.items()}
-
-
-def behind(state: Positions, target: Positions) -> bool:
-    """Whether ``state`` has not reached ``target`` in some partition."""
-    return any(state.get(tp, 0) < off for tp, off in target.items())
 
 
 def encode_positions(p: Positions) -> str:

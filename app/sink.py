@@ -25,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from app.positions import Positions
 from app.project import ViewBatch
 from app.settings import Settings
 from app.shards import (
@@ -35,8 +36,7 @@ from app.shards import (
     decode_positions,
     encode_positions,
 )
-from app.state import Positions
-from app.views import VIEWS, ColumnType, ViewDef, consumers
+from app.views import ColumnType, ViewDef, consumers
 
 log = logging.getLogger("viewsync.sink")
 
@@ -480,7 +480,7 @@ class DatabaseSink:
     ``urls`` maps a consumer name to its SQLAlchemy URL.
     """
 
-    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef] = VIEWS,
+    def __init__(self, urls: Mapping[str, str], views: Sequence[ViewDef],
                  idle_transaction_timeout_s: float = 0.0) -> None:
         self.consumers = [ConsumerSink(c, urls[c], views, idle_transaction_timeout_s)
                           for c in consumers(tuple(views))]

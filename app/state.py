@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from app.changes import SOURCE_TABLES, SourceTable
+from app.positions import Positions
 
 #: One key -> row store of the state.
 Store = MutableMapping[int, dict[str, Any]]
-
-#: Source position: (topic, partition) -> the next offset to read.
-Positions = dict[tuple[str, int], int]
 
 #: Index names.
 CHILDREN: Final = "category_children"

@@ -29,20 +29,23 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.changes import SOURCE_TABLES
+from app.changes import SourceTable
+from app.decode import contract_columns
+from app.positions import behind, records_to_go
 from app.project import project_many
 from app.reshard import shard_rows, written
 from app.settings import Settings
-from app.shards import behind
 from app.state import SourceState
 from app.topic_range import topic_ends
-from app.views import VIEWS, Grain, ViewDef
+from app.views import Grain, ViewDef
 
 Row = dict[str, Any]
 Bound = int | None  # None: unbounded
 
-_COLS = {"products": "id, sku, name, category_id, warranty_type_id, unit, price, status",
-         "batches": "id, product_id, batch_no, manufactured_on, expires_on"}
+
+def _cols(table: SourceTable) -> str:
+    """The SELECT list of ``table``: the contract's columns (``app.decode``), in order."""
+    return ", ".join(contract_columns(table))
 
 
 #: Drifted keys kept per view; past this many, resync the view instead of repairing rows.
@@ -85,7 +88,7 @@ def _where(column: str, r: _Range) -> tuple[str, dict[str, int]]:
 
 
 class Verifier:
-    def __init__(self, settings: Settings, views: Sequence[ViewDef] = VIEWS,
+    def __init__(self, settings: Settings, views: Sequence[ViewDef],
                  chunk: int = 5000, rechecks: int = 3, settle_s: float = 2.0,
                  wait_s: float = 120.0, examples: int = 5,
                  say: Callable[[str], None] = lambda _m: None) -> None:
@@ -119,14 +122,14 @@ class Verifier:
 
     def _dimensions(self) -> tuple[dict[int, Row], dict[int, Row]]:
         cats = {r["id"]: r for r in self._select(
-            self.source, "SELECT id, parent_id, code, name FROM categories")}
+            self.source, f"SELECT {_cols('categories')} FROM categories")}
         wts = {r["id"]: r for r in self._select(
-            self.source, "SELECT id, name, months FROM warranty_types")}
+            self.source, f"SELECT {_cols('warranty_types')} FROM warranty_types")}
         return cats, wts
 
-    def _ranges(self, table: str) -> Iterator[tuple[_Range, list[Row]]]:
+    def _ranges(self, table: SourceTable) -> Iterator[tuple[_Range, list[Row]]]:
         """Consecutive key ranges of ``table`` covering every id, with their rows."""
-        cols = _COLS[table]
+        cols = _cols(table)
         last: Bound = None
         while True:
             where = "" if last is None else " WHERE id > :last"
@@ -139,7 +142,7 @@ class Verifier:
             last = hi
 
     def _products(self, ids: set[int]) -> dict[int, Row]:
-        rows = self._by_keys(self.source, f"SELECT {_COLS['products']} FROM products "
+        rows = self._by_keys(self.source, f"SELECT {_cols('products')} FROM products "
                              "WHERE id IN :ids", sorted(ids))
         return {r["id"]: r for r in rows}
 
@@ -155,8 +158,8 @@ class Verifier:
     def _pair(self, view: ViewDef, keys: list[int], dims: tuple[dict[int, Row],
               dict[int, Row]]) -> tuple[dict[int, Row], dict[int, Row]]:
         """Expected and actual rows of ``keys`` of ``view``, read now."""
-        table = "products" if view.grain is Grain.PRODUCT else "batches"
-        rows = self._by_keys(self.source, f"SELECT {_COLS[table]} FROM {table} "
+        table = view.grain_table
+        rows = self._by_keys(self.source, f"SELECT {_cols(table)} FROM {table} "
                              "WHERE id IN :ids", keys)
         expected = self._expected(view, rows, dims)
         cols = ", ".join(c.name for c in view.columns)
@@ -220,7 +223,7 @@ class Verifier:
         if self.lagging:
             return
         try:
-            target = topic_ends(self.settings, [self.settings.topic(t) for t in SOURCE_TABLES])
+            target = topic_ends(self.settings, self.settings.source_topics())
         except Exception as exc:  # Kafka unreachable: say so, and go on without it
             self.say(f"  cannot read the source topics' ends ({exc}); re-reading after "
                      f"{self.settle_s:g}s only")
@@ -233,7 +236,7 @@ class Verifier:
             if not behind(written_now, target):
                 return
             if time.monotonic() - t0 > self.wait_s:
-                left = sum(max(0, off - written_now.get(tp, 0)) for tp, off in target.items())
+                left = records_to_go(target, written_now)
                 self.say(f"  the workers have not applied the changes in flight within "
                          f"{self.wait_s:g}s ({left:,} records to go in {view.consumer}); "
                          "rows that still differ are reported as unsettled, not as drift")
@@ -255,8 +258,7 @@ class Verifier:
         for view in self.views:
             report = ViewReport(view.name)
             suspects: dict[int, tuple[Row | None, Row | None]] = {}
-            table = "products" if view.grain is Grain.PRODUCT else "batches"
-            for r, rows in self._ranges(table):
+            for r, rows in self._ranges(view.grain_table):
                 expected = self._expected(view, rows, dims)
                 actual = self._actual(view, r)
                 report.checked += len(expected.keys() | actual.keys())
@@ -292,7 +294,7 @@ class Verifier:
         return reports
 
 
-def verify(settings: Settings, views: Sequence[ViewDef] = VIEWS, **kw: Any) -> list[ViewReport]:
+def verify(settings: Settings, views: Sequence[ViewDef], **kw: Any) -> list[ViewReport]:
     v = Verifier(settings, views, **kw)
     try:
         return v.run()

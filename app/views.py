@@ -4,9 +4,11 @@ Each :class:`ViewDef` names a consumer database, a target table, its key and its
 and for each column where its value comes from. The definitions are data: a TOML file,
 ``schemas/views.toml`` by default (bundled with the package), another with
 ``VIEWSYNC_VIEWS_FILE``; :func:`load_views` validates it, naming the view and the field of
-any error. Adding a view or a column is an edit of that file; the join engine, the
+any error (:func:`bundled_views`: the bundled file, read when first asked, never at
+import). Adding a view or a column is an edit of that file; the join engine, the
 projection and the sink read these definitions, and the sink creates missing target tables
-and adds missing columns from them.
+and adds missing columns from them. The file's ``[consumers.<name>]`` tables say where the
+local stack keeps a consumer's database (:func:`stack_servers`).
 
 Column sources:
 
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -84,6 +86,11 @@ class ViewDef:
     def name(self) -> str:
         return f"{self.consumer}.{self.table}"
 
+    @property
+    def grain_table(self) -> SourceTable:
+        """The source table one row of this view stands for (its key's table)."""
+        return "batches" if self.grain is Grain.BATCH else "products"
+
     @cached_property
     def depends_on(self) -> frozenset[SourceTable]:
         """Source tables whose changes can alter this view's rows.
@@ -91,9 +98,7 @@ class ViewDef:
         Visibility always depends on products and categories (the category path), and a
         batch view on batches too, whatever columns are listed.
         """
-        tables: set[SourceTable] = {"products", "categories"}
-        if self.grain is Grain.BATCH:
-            tables.add("batches")
+        tables: set[SourceTable] = {"products", "categories", self.grain_table}
         for col in self.columns:
             t = col.source_table
             if t is not None:
@@ -199,38 +204,92 @@ def parse_views(doc: Mapping[str, Any], where: str = "views file") -> tuple[View
     return tuple(out)
 
 
-def load_views(path: Path | Traversable | None = None) -> tuple[ViewDef, ...]:
-    """The views of ``path`` (default: the bundled ``schemas/views.toml``)."""
-    if path is None:
-        from app.resources import bundled
-
-        path = bundled("schemas") / "views.toml"
+def _read(path: Path | Traversable) -> dict[str, Any]:
     where = str(path)
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ViewFileError(f"views file {where} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ViewFileError(f"views file {where} is not valid TOML: {exc}") from None
+
+
+def _bundled_file() -> Traversable:
+    from app.resources import bundled
+
+    return bundled("schemas") / "views.toml"
+
+
+@cache
+def _bundled_doc() -> dict[str, Any]:
+    return _read(_bundled_file())
+
+
+def load_views(path: Path | Traversable | None = None) -> tuple[ViewDef, ...]:
+    """The views of ``path`` (default: the bundled ``schemas/views.toml``)."""
+    if path is None:
+        return bundled_views()
+    return _views_of(_read(path), str(path))
+
+
+@cache
+def bundled_views() -> tuple[ViewDef, ...]:
+    """The bundled views (``schemas/views.toml``): the three of the contract. Read when
+    first asked, not at import."""
+    return _views_of(_bundled_doc(), str(_bundled_file()))
+
+
+def _views_of(doc: Mapping[str, Any], where: str) -> tuple[ViewDef, ...]:
+    parse_stack_servers(doc, where)  # a views file is valid as a whole
     return parse_views(doc, where)
 
 
-#: The bundled views (``schemas/views.toml``): the three of the contract.
-VIEWS: tuple[ViewDef, ...] = load_views()
-
-
-def view_named(name: str, views: tuple[ViewDef, ...] = VIEWS) -> ViewDef:
+def view_named(name: str, views: Iterable[ViewDef]) -> ViewDef:
     for view in views:
         if view.name == name:
             return view
     raise KeyError(f"no view {name!r}")
 
 
-ORDER_PRODUCT_VIEW = view_named("order.product_view")
-PURCHASE_PRODUCT_VIEW = view_named("purchase.product_view")
-PURCHASE_BATCH_VIEW = view_named("purchase.batch_view")
-
-
-def consumers(views: tuple[ViewDef, ...] = VIEWS) -> tuple[str, ...]:
+def consumers(views: Iterable[ViewDef]) -> tuple[str, ...]:
     """The consumer names, in first-seen order."""
     return tuple(dict.fromkeys(v.consumer for v in views))
+
+
+#: The servers of the local stack a consumer's database can be on: the consumers'
+#: PostgreSQL server (the default) or the Purchase MariaDB.
+StackServer = Literal["postgresql", "mariadb"]
+_SERVERS: tuple[StackServer, ...] = get_args(StackServer)
+
+
+def parse_stack_servers(doc: Mapping[str, Any], where: str = "views file"
+                        ) -> dict[str, StackServer]:
+    """The ``[consumers.<name>]`` tables of a parsed views file: consumer -> the server of
+    the local stack its database is on (``stack_server``)."""
+    top = doc.get("consumers", {})
+    if not isinstance(top, dict):
+        raise ViewFileError(f"{where}: consumers: [consumers.<name>] tables")
+    out: dict[str, StackServer] = {}
+    for consumer, spec in top.items():
+        at = f"consumers.{consumer}"
+        if not _NAME.match(consumer) or not isinstance(spec, dict):
+            raise ViewFileError(f"{where}: {at}: not a consumer name with a table")
+        unknown = set(spec) - {"stack_server"}
+        if unknown:
+            raise ViewFileError(f"{where}: {at}: unknown field(s) {sorted(unknown)}")
+        server = spec.get("stack_server", "postgresql")
+        if server not in _SERVERS:
+            raise ViewFileError(f"{where}: {at}.stack_server: one of {list(_SERVERS)}, not "
+                                f"{server!r}")
+        out[consumer] = server
+    return out
+
+
+def stack_servers(path: Path | Traversable | None = None) -> dict[str, StackServer]:
+    """Where the local stack keeps each consumer's database, by the ``[consumers]`` tables
+    of the views file ``path`` (default, and for a file without them: the bundled file's).
+    A consumer not listed: the consumers' PostgreSQL server."""
+    doc = None if path is None else _read(path)
+    if doc is None or "consumers" not in doc:
+        return parse_stack_servers(_bundled_doc(), str(_bundled_file()))
+    return parse_stack_servers(doc, str(path))

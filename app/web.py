@@ -3,9 +3,10 @@ page, from a daemon thread of the pipeline process.
 
 * ``GET /metrics`` — the Prometheus text format (``app.metrics``);
 * ``GET /status.json`` — what ``viewsync status`` reports for the whole deployment
-  (``app.status``: connector, every worker and its lag, each view's rows and staleness, dead
-  letters; cached for a few seconds, the row counts for a minute), plus this worker's own
-  history: rows/s and per-view freshness sampled every few seconds over the last ten minutes;
+  (``app.status_model``: connector, every worker and its lag, each view's rows and
+  staleness, dead letters; cached for a few seconds, the row counts for a minute), plus this
+  worker's own history: rows/s and per-view freshness sampled every few seconds over the
+  last ten minutes;
 * ``GET /`` — a page that shows all of that and refreshes itself: plain HTML, CSS and a
   little JavaScript in ``app/static/status.html`` (no build step), the chart an inline SVG.
 """
@@ -22,10 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from app.loop import Totals
 from app.metrics import Metrics
-from app.pipeline import Totals
 from app.settings import Settings
-from app.status import RowCounts, status
+from app.status_model import RowCounts, status
 
 log = logging.getLogger("viewsync.web")
 

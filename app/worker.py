@@ -1,8 +1,8 @@
 """`viewsync worker`: the Faust edge of the pipeline.
 
-Everything a record goes through is :class:`app.pipeline.BatchLoop`, run by a
-:mod:`app.pipeline_process` host (by default in a child process, so that Faust and the
-pipeline use two cores); this module only adapts Faust to it. One agent (concurrency 1)
+Everything a record goes through is :class:`app.loop.BatchLoop`, run by an
+:mod:`app.host` host (by default in a child process, so that Faust and the pipeline use two
+cores); this module only adapts Faust to it. One agent (concurrency 1)
 reads the four source topics in batches (``take_events(sink_batch_size,
 within=sink_max_wait_ms)``) and hands each batch over. Faust acknowledges (and later
 commits) a batch's offsets only when the host says the batch's rows are committed in every
@@ -23,16 +23,17 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 from mode.supervisors import CrashingSupervisor
 
-from app.changes import SOURCE_TABLES
 from app.clients import aiokafka_config
+from app.host import PipelineHost, host_for
+from app.kafka_io import KafkaSource
 from app.leases import ShardLeases
-from app.pipeline import RawRecord
-from app.pipeline_process import KafkaSource, PipelineHost, host_for
+from app.positions import reached, records_to_go
+from app.records import RawRecord
 from app.settings import Settings
 
 log = logging.getLogger("viewsync.worker")
@@ -92,7 +93,7 @@ class Worker:
         self.app = build_app(settings)
         host.on_failure = self._crash
         # The source topics, and the deployment's commands in order with them.
-        self.topics = (*(settings.topic(t) for t in SOURCE_TABLES), settings.control_topic())
+        self.topics = settings.stream_topics()
         self.source = self.app.topic(
             *self.topics, key_serializer="raw", value_serializer="raw", acks=True)
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)
@@ -130,8 +131,7 @@ class Worker:
         target = await asyncio.to_thread(KafkaSource(self.settings).ends)
         t0 = last = time.monotonic()
         while True:
-            state = self.host.totals().state
-            left = sum(max(0, end - state.get(tp, 0)) for tp, end in target.items())
+            left = records_to_go(target, self.host.totals().state)
             if not left:
                 break
             if time.monotonic() - last >= self.settings.progress_interval_s:
@@ -155,12 +155,7 @@ class Worker:
             await self.host.close()
 
     async def handle(self, events: Sequence[faust.EventT[bytes]]) -> None:
-        records = []
-        for e in events:
-            m = e.message
-            m.incref()  # released by _acked once the batch is written
-            records.append(RawRecord(m.topic, m.partition, m.offset, m.key, m.value))
-        await self.host.submit(records, done=lambda: _acked(events))
+        await hand_over(self.host.submit, events)
 
     def highwaters(self) -> dict[tuple[str, int], int] | None:
         """The end of every assigned source partition, as the consumer last saw it."""
@@ -186,8 +181,7 @@ class Worker:
         if ends is None:
             return None
         self.host.ends(ends)
-        return sum(max(0, high - max(t.written.get(tp, 0), t.state.get(tp, 0)))
-                   for tp, high in ends.items())
+        return records_to_go(ends, reached(t.written, t.state))
 
     async def _ends(self) -> None:
         self.lag()  # hands the partitions' ends to the host (lag metrics)
@@ -217,6 +211,19 @@ class Worker:
         log.debug("%d batches; seconds gathering %.1f, processing %.1f, waiting for writes "
                   "%.1f, writing %.1f", t.batches, self._gather_s, t.process_s, t.wait_s,
                   t.write_s)
+
+
+async def hand_over(submit: Callable[[Sequence[RawRecord], Callable[[], None]], Awaitable[None]],
+                    events: Sequence[faust.EventT[bytes]]) -> None:
+    """The ack path: each event's message gets one more reference before the batch is
+    handed over, released (``Event.ack``) only once the host says the batch is written —
+    so Faust commits no offset past a record whose rows are not in every database."""
+    records = []
+    for e in events:
+        m = e.message
+        m.incref()  # released by _acked once the batch is written
+        records.append(RawRecord(m.topic, m.partition, m.offset, m.key, m.value))
+    await submit(records, lambda: _acked(events))
 
 
 def _acked(events: Sequence[faust.EventT[bytes]]) -> None:

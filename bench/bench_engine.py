@@ -4,8 +4,8 @@ Run from the repository root::
 
     python bench/bench_engine.py [--out bench/reports/engine.md] [--repeats 5]
 
-Measures, on plain dicts as stores, with every affected row projected for all of
-``app.views.VIEWS``:
+Measures, on plain dicts as stores, with every affected row projected for every view of
+the bundled views file:
 
 (a) the snapshot load (every row delivered once as ``op='r'``) and a mix of ordinary
     changes, in changes per second;
@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.changes import SOURCE_TABLES, Change
-from app.decode import Decoder
+from app.changes import Change
 from app.pipeline import Pipeline
+from app.settings import load_settings
 from app.state import MemoryStore
-from app.views import VIEWS
+from app.wiring import build_pipeline
 
 #: Categories per tree level, root first: 1000 categories, 5 levels, one root.
 LEVELS = (1, 9, 90, 300, 600)
@@ -171,9 +171,11 @@ class _NoRegistry:
 
 
 def new_pipeline() -> Pipeline:
-    """The worker's pipeline over a memory store (no Kafka, no registry, no sink)."""
-    topics = {f"bench.{t}": t for t in SOURCE_TABLES}
-    return Pipeline(Decoder(_NoRegistry(), topics), MemoryStore())
+    """The worker's pipeline over a memory store (no Kafka, no registry, no sink), built by
+    the worker's composition root."""
+    settings = load_settings(topic_prefix="bench", source_database="engine", shards=1,
+                             worker_store="memory")
+    return build_pipeline(settings, _NoRegistry(), MemoryStore())
 
 
 def apply_and_project(pipeline: Pipeline, change: Change) -> int:
@@ -258,7 +260,8 @@ def report(res: Results, args: argparse.Namespace, mix: list[tuple[str, Change]]
     lines = [
         "# Join engine micro-benchmark",
         "",
-        f"Pure engine + projection for all {len(VIEWS)} views, plain dicts as stores; "
+        f"Pure engine + projection for all {len(load_settings().views())} views, plain dicts "
+        "as stores; "
         f"median of {args.repeats} runs (range in brackets).",
         "",
         f"- Python {platform.python_version()} on {platform.machine()}, "

@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from benchenv import ROOT, BenchEnv, Worker, log
 from confluent_kafka import Consumer, TopicPartition
 
-from app.changes import SOURCE_TABLES
 from app.demo import seed
+from app.positions import Positions, records_to_go
 from tests.integration.reference import actual_views, diff_views, expected_views
 from tests.integration.workload import Workload
 
@@ -55,18 +55,20 @@ def rss_mb(pid: int) -> float:
 
 class Lag:
     def __init__(self, env: BenchEnv, group: str) -> None:
-        self.topics = [env.settings.topic(t) for t in SOURCE_TABLES]
+        self.topics = list(env.settings.source_topics())
         self.c = Consumer({"bootstrap.servers": env.settings.bootstrap(), "group.id": group,
                            "enable.auto.commit": False})
 
     def __call__(self) -> int:
         tps = [TopicPartition(t, p) for t in self.topics
                for p in self.c.list_topics(t, timeout=10).topics[t].partitions]
-        lag = 0
+        done: Positions = {}
+        ends: Positions = {}
         for tp in self.c.committed(tps, timeout=10):
             _lo, hi = self.c.get_watermark_offsets(tp, timeout=10)
-            lag += max(0, hi - max(tp.offset, 0))
-        return lag
+            done[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            ends[(tp.topic, tp.partition)] = hi
+        return records_to_go(ends, done)
 
     def close(self) -> None:
         self.c.close()

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
+from app.settings import Settings, stack_consumer_url_keys
 
 #: Port offsets of the named instances (the default instance is offset 0). Every instance
 #: stays below Linux's ephemeral range (32768+): a listener there can find its port taken by
@@ -38,8 +38,9 @@ EXTRA: dict[str, dict[str, Any]] = {
 PORT_FIELDS = ("product_db_port", "purchase_db_port", "order_db_port", "kafka_port",
                "kafka_controller_port", "connect_port", "registry_port")
 
-#: Endpoint settings that would point away from the instance; an instance derives them.
-ENDPOINT_FIELDS = ("source_url", "order_db_url", "purchase_db_url", "kafka_bootstrap",
+#: Endpoint settings that would point away from the instance; an instance derives them
+#: (the consumers' database URLs: ``<consumer>_db_url`` of each consumer of the stack).
+ENDPOINT_FIELDS = ("source_url", *stack_consumer_url_keys(), "kafka_bootstrap",
                    "schema_registry_url", "connect_url")
 
 
@@ -70,7 +71,8 @@ def instance_env(name: str, environ: dict[str, str] | None = None) -> dict[str, 
     """
     env = dict(os.environ if environ is None else environ)
     keep = {"jvm_profile", "log_level"}
-    drop = {f"VIEWSYNC_{f.upper()}" for f in Settings.model_fields if f not in keep}
+    drop = {f"VIEWSYNC_{f.upper()}" for f in (*Settings.model_fields, *ENDPOINT_FIELDS)
+            if f not in keep}
     drop.add("VIEWSYNC_CONFIG_FILE")
     for key in drop:
         env.pop(key, None)

@@ -192,3 +192,14 @@ def test_valid_avro_of_another_schema_is_a_failure_naming_the_schema(
                      encode(other, 777, {"x": "hello"}))
     assert isinstance(out, DecodeFailure)
     assert "schema id 777 (x.Other)" in out.reason and "products value contract" in out.reason
+
+
+def test_the_contract_columns_of_each_table() -> None:
+    from app.decode import contract_columns
+
+    assert contract_columns("products") == (
+        "id", "sku", "name", "category_id", "warranty_type_id", "unit", "price", "status")
+    assert contract_columns("batches") == (
+        "id", "product_id", "batch_no", "manufactured_on", "expires_on")
+    assert contract_columns("categories") == ("id", "parent_id", "code", "name")
+    assert contract_columns("warranty_types") == ("id", "name", "months")

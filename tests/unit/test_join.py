@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from app.changes import Change, Op, SourceTable
-from app.decode import Decoder
 from app.join import (
     CATEGORY_PRODUCTS,
     CHILDREN,
@@ -32,10 +31,9 @@ from app.join import (
     JoinEngine,
     SourceState,
 )
-from app.pipeline import Pipeline
 from app.state import MemoryStore, RocksStore, StateStore
-from app.views import VIEWS
-from tests.unit.debezium import TOPICS, DictSchemas
+from app.views import bundled_views
+from tests.unit.doubles import memory_pipeline
 
 Rows = dict[int, dict[str, Any]]
 BIG = 2**40 + 7
@@ -161,7 +159,7 @@ def reference_of(state: SourceState) -> dict[str, Rows]:
 
 
 def test_reference_covers_every_view() -> None:
-    assert set(reference_views({}, {}, {}, {})) == {v.name for v in VIEWS}
+    assert set(reference_views({}, {}, {}, {})) == {v.name for v in bundled_views()}
 
 
 # --- a worker without Kafka: engine + projection + sinks -----------------------------------
@@ -173,10 +171,10 @@ class Harness:
     store, with one in-memory sink per view, kept as the worker keeps the real ones."""
 
     store: StateStore = field(default_factory=MemoryStore)
-    sinks: dict[str, Rows] = field(default_factory=lambda: {v.name: {} for v in VIEWS})
+    sinks: dict[str, Rows] = field(default_factory=lambda: {v.name: {} for v in bundled_views()})
 
     def __post_init__(self) -> None:
-        self.pipeline = Pipeline(Decoder(DictSchemas(), TOPICS), self.store)
+        self.pipeline = memory_pipeline(store=self.store)
 
     @property
     def engine(self) -> JoinEngine:
@@ -227,7 +225,7 @@ class Harness:
 
     def restart(self) -> None:
         """A new pipeline over the same (persisted) store, as after a worker restart."""
-        self.pipeline = Pipeline(Decoder(DictSchemas(), TOPICS), self.store)
+        self.pipeline = memory_pipeline(store=self.store)
 
     def view(self, name: str) -> Rows:
         return self.sinks[name]
@@ -298,19 +296,19 @@ def test_a_change_is_written_only_to_the_views_that_read_its_columns() -> None:
     p = h.state.products[10]
     affected = h.put("products", dict(p, price=Decimal("1.50")))
     assert affected.changed == {"price"}
-    assert [v.name for v in VIEWS if affected.keys_for(v)] == [ORDER]
+    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER]
     # a category code is read by purchase.product_view only; its name by both paths
     affected = h.put("categories", cat(3, 2, "Leaf", code="NEW"))
-    assert [v.name for v in VIEWS if affected.keys_for(v)] == [PPROD]
+    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [PPROD]
     affected = h.put("categories", cat(3, 2, "Leaf2", code="NEW"))
-    assert [v.name for v in VIEWS if affected.keys_for(v)] == [ORDER, PBATCH]
+    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER, PBATCH]
     # a join column reaches every view that joins through it
     affected = h.put("products", dict(p, price=Decimal("1.50"), category_id=2))
-    assert [v.name for v in VIEWS if affected.keys_for(v)] == [ORDER, PPROD, PBATCH]
+    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER, PPROD, PBATCH]
     # the same row again (a duplicate) is never pruned
     affected = h.put("products", dict(p, price=Decimal("1.50"), category_id=2))
     assert affected.changed is None
-    assert [v.name for v in VIEWS if affected.keys_for(v)] == [ORDER, PPROD, PBATCH]
+    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER, PPROD, PBATCH]
     h.check()
 
 

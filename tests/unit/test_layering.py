@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2] / "app"
-RUNTIME = ["app.worker", "app.pipeline_process", "app.pipeline", "app.restore", "app.sink",
-           "app.decode", "app.state", "app.join", "app.project", "app.views", "app.changes"]
-PURE = ["app.changes", "app.views", "app.join", "app.project"]
+RUNTIME = ["app.worker", "app.host", "app.wiring", "app.loop", "app.ownership", "app.pipeline",
+           "app.restore", "app.sink", "app.decode", "app.state", "app.join", "app.project",
+           "app.views", "app.changes", "app.web", "app.status_model", "app.topic_range",
+           "app.kafka_io", "app.messages"]
+PURE = ["app.changes", "app.views", "app.join", "app.project", "app.positions", "app.records"]
 
 
 def _loaded_after_import(modules: list[str]) -> set[str]:

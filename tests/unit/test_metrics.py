@@ -143,7 +143,7 @@ def _free_port() -> int:
 @pytest.fixture
 def served() -> Iterator[tuple[Metrics, int]]:
     """The worker's own endpoint (``app.web.Web``: metrics, status page, status.json)."""
-    from app.pipeline import Totals
+    from app.loop import Totals
     from app.settings import load_settings
     from app.web import Web
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
-from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from app.decode import Decoder, SchemaUnavailable
-from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
-from app.project import ViewBatch
+from app.decode import SchemaUnavailable
+from app.loop import BatchLoop
+from app.pipeline import Pipeline
+from app.records import DeadLetter, RawRecord
 from app.restore import plan
-from app.shards import Claim, Fenced, Progress
-from app.sink import SinkUnavailable
-from app.state import MemoryStore, Positions, StateStore
-from app.views import ViewDef
-from tests.unit.debezium import TOPICS, DictSchemas, key, value
+from app.state import MemoryStore, StateStore
+from tests.unit.debezium import DictSchemas, key, value
+from tests.unit.doubles import MemorySink, memory_loop, memory_pipeline
 
 CAT = {"id": 1, "parent_id": None, "code": "t", "name": "Tools"}
 PROD = {"id": 10, "sku": "S", "name": "Saw", "category_id": 1, "warranty_type_id": None,
@@ -34,7 +30,7 @@ def rec(topic_table: str, k: bytes | None, v: bytes | None, offset: int = 0) -> 
 
 def pipeline() -> tuple[Pipeline, DictSchemas]:
     s = DictSchemas()
-    return Pipeline(Decoder(s, TOPICS), MemoryStore()), s
+    return memory_pipeline(s), s
 
 
 def test_batch_before_product_then_everything_visible() -> None:
@@ -97,79 +93,32 @@ def test_delete_then_tombstone_removes_rows() -> None:
 # --- the batch loop: write order, retries, replay after a crash ------------------------------
 
 
-class MemorySink:
-    """A :class:`~app.sink.ViewSink` in memory that can be told to be unreachable; one
-    consumer database ("db") with the shard table's claims and positions."""
-
-    def __init__(self, unavailable: int = 0) -> None:
-        self.rows: dict[str, dict[int, dict[str, Any]]] = {}
-        self.unavailable = unavailable
-        self.writes = 0
-        #: shard -> (epoch, positions)
-        self.shards: dict[int, tuple[int, Positions | None]] = {}
-        #: Claims and writes are atomic, as the database's row locks make them.
-        self._lock = threading.Lock()
-
-    def create_tables(self) -> None:
-        pass
-
-    def claim(self, shard: int, shards: int, owner: str) -> Claim:
-        with self._lock:
-            return self._claim(shard)
-
-    def _claim(self, shard: int) -> Claim:
-        epoch, positions = self.shards.get(shard, (0, None))
-        self.shards[shard] = (epoch + 1, positions)
-        return Claim(shard, {"db": epoch + 1}, {"db": positions})
-
-    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
-        return {k for k in self.rows.get(view.name, {}) if k % shards == shard}
-
-    def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
-        with self._lock:
-            return self._write(batches, progress)
-
-    def _write(self, batches: Mapping[str, ViewBatch], progress: Progress | None) -> int:
-        if self.unavailable:
-            self.unavailable -= 1
-            raise SinkUnavailable("down")
-        if progress is not None:
-            for shard, epoch in progress.for_consumer("db").items():
-                if self.shards[shard][0] != epoch:
-                    raise Fenced(f"shard {shard}")
-            if progress.positions is not None:
-                for shard in progress.epochs:
-                    self.shards[shard] = (self.shards[shard][0], dict(progress.positions))
-        self.writes += 1
-        for name, b in batches.items():
-            view = self.rows.setdefault(name, {})
-            view.update(b.upserts)
-            for k in b.deletes:
-                view.pop(k, None)
-        return sum(len(b) for b in batches.values())
-
-    def close(self) -> None:
-        pass
-
-
 def _loop(store: StateStore, sink: MemorySink) -> tuple[BatchLoop, DictSchemas, list[DeadLetter]]:
+    """The worker's loop, sole owner of its one shard (taken over before any batch)."""
     s = DictSchemas()
     dead: list[DeadLetter] = []
 
     async def send(dl: DeadLetter) -> None:
         dead.append(dl)
 
-    return BatchLoop(Pipeline(Decoder(s, TOPICS), store), sink, send), s, dead
+    return memory_loop(sink, store=store, schemas=s, send_dead_letter=send), s, dead
+
+
+async def sole_owner(loop: BatchLoop) -> None:
+    await loop.own(frozenset({0}))
+    await loop.settle()
 
 
 def test_done_only_after_the_write_and_one_write_in_flight(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("app.retry.FIRST_DELAY", 0.001)
-    sink = MemorySink(unavailable=2)
+    sink = MemorySink()
     loop, s, dead = _loop(MemoryStore(), sink)
     acked: list[int] = []
 
     async def run() -> None:
+        await sole_owner(loop)
+        sink.unavailable, sink.writes = 2, 0
         await loop.handle([
             rec("categories", key(s, "categories", 1), value(s, "categories", "c", None, CAT), 0),
             rec("products", b"junk", b"junk", 1),
@@ -183,7 +132,9 @@ def test_done_only_after_the_write_and_one_write_in_flight(
 
     asyncio.run(run())
     assert acked == [1, 2]
-    assert sink.writes == 1  # the first batch had no rows; the second was retried twice
+    # the first batch had no rows, only the shard's positions to record: retried twice
+    assert sink.writes == 2
+    assert sink.shards[0][1] == {("p.product.products", 0): 3, ("p.product.categories", 0): 1}
     assert sink.rows["order.product_view"][10]["category_path"] == "Tools"
     assert [d.record.offset for d in dead] == [1]
     assert loop.totals.written == {("p.product.products", 0): 3, ("p.product.categories", 0): 1}
@@ -193,7 +144,7 @@ def test_a_restarted_pipeline_replays_over_a_state_ahead_of_the_views() -> None:
     """State committed with positions 0..2, sink never written (crash): the replay from the
     group's offset 0 must rewrite every view, though the state already holds the rows."""
     store = MemoryStore()
-    first, s = Pipeline(Decoder(DictSchemas(), TOPICS), store), DictSchemas()
+    first, s = memory_pipeline(store=store), DictSchemas()
     records = [
         rec("categories", key(s, "categories", 1), value(s, "categories", "c", None, CAT), 0),
         rec("products", key(s, "products", 10), value(s, "products", "c", None, PROD), 1),
@@ -201,7 +152,7 @@ def test_a_restarted_pipeline_replays_over_a_state_ahead_of_the_views() -> None:
             value(s, "products", "u", PROD, dict(PROD, price=Decimal("1.00"))), 2),
     ]
     first.process(records)  # state committed; the views never got these rows
-    again = Pipeline(Decoder(DictSchemas(), TOPICS), store)
+    again = memory_pipeline(store=store)
     assert again.replay_until == {("p.product.categories", 0): 1, ("p.product.products", 0): 3}
     result = again.process(records[:2])  # a replay of the first records only
     # redone from the current state: the latest price at once, never the older row
@@ -238,10 +189,11 @@ def test_a_registry_outage_mid_batch_is_waited_out_and_the_batch_processed_again
     async def no_dead_letters(dl: DeadLetter) -> None:
         raise AssertionError(dl)
 
-    loop = BatchLoop(Pipeline(Decoder(Flaky(), TOPICS), MemoryStore()), sink, no_dead_letters)
+    loop = memory_loop(sink, schemas=Flaky(), send_dead_letter=no_dead_letters)
     acked: list[int] = []
 
     async def run() -> None:
+        await sole_owner(loop)
         await loop.handle([
             rec("categories", key(s, "categories", 1), value(s, "categories", "c", None, CAT), 0),
             rec("products", key(s, "products", 10), value(s, "products", "c", None, PROD), 0),

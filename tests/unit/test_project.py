@@ -19,12 +19,12 @@ from app.project import (
     project,
     project_many,
 )
-from app.views import VIEWS, Column, Grain, ViewDef
+from app.views import Column, Grain, ViewDef, bundled_views, view_named
 
-_BY_NAME = {v.name: v for v in VIEWS}
-ORDER_PRODUCT_VIEW = _BY_NAME["order.product_view"]
-PURCHASE_PRODUCT_VIEW = _BY_NAME["purchase.product_view"]
-PURCHASE_BATCH_VIEW = _BY_NAME["purchase.batch_view"]
+VIEWS = bundled_views()
+ORDER_PRODUCT_VIEW = view_named("order.product_view", VIEWS)
+PURCHASE_PRODUCT_VIEW = view_named("purchase.product_view", VIEWS)
+PURCHASE_BATCH_VIEW = view_named("purchase.batch_view", VIEWS)
 
 
 def cat(id_: int, parent: int | None, name: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,56 @@ def test_secrets_are_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+# --- consumer database URLs: no consumer is named in the code -------------------------------
+
+def test_a_stack_consumers_url_key_in_the_file_or_an_override(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "viewsync.toml"
+    f.write_text('[viewsync]\norder_db_url = "postgresql+psycopg://f:p@file/order"\n'
+                 'consumer_db_urls = { purchase = "mysql+pymysql://f:p@file/purchase", '
+                 'inventory = "postgresql+psycopg://f:p@file/inv" }\n')
+    s = load_settings(f)
+    assert s.consumer_url("order") == "postgresql+psycopg://f:p@file/order"
+    assert s.consumer_url("purchase") == "mysql+pymysql://f:p@file/purchase"
+    assert s.consumer_url("inventory") == "postgresql+psycopg://f:p@file/inv"
+    # the environment beats the file, an override beats the environment, None changes nothing
+    monkeypatch.setenv("VIEWSYNC_ORDER_DB_URL", "postgresql+psycopg://e:p@env/order")
+    monkeypatch.setenv("VIEWSYNC_INVENTORY_DB_URL", "postgresql+psycopg://e:p@env/inv")
+    s = load_settings(f)
+    assert s.consumer_url("order") == "postgresql+psycopg://e:p@env/order"
+    assert s.consumer_url("inventory") == "postgresql+psycopg://e:p@env/inv"
+    s = load_settings(f, order_db_url="postgresql+psycopg://o:p@over/order", purchase_db_url=None)
+    assert s.consumer_url("order") == "postgresql+psycopg://o:p@over/order"
+    assert s.consumer_url("purchase") == "mysql+pymysql://f:p@file/purchase"
+    assert "f:p@file" not in repr(s)
+
+
+def test_only_the_stack_consumers_have_a_url_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"inventory_db_url.*Extra inputs"):
+        load_settings(inventory_db_url="postgresql+psycopg://u:p@h/inv")
+    with pytest.raises(ConfigError, match=r"order_db_url \(VIEWSYNC_ORDER_DB_URL\)"):
+        load_settings(order_db_url=5)
+
+
+def test_the_stack_server_of_a_consumer_comes_from_the_views_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.resources import bundled
+
+    bundled_text = (bundled("schemas") / "views.toml").read_text()
+    f = tmp_path / "views.toml"
+    f.write_text(bundled_text.replace('[consumers.purchase]\nstack_server = "mariadb"\n',
+                                      '[consumers.inventory]\nstack_server = "mariadb"\n'))
+    monkeypatch.setenv("VIEWSYNC_VIEWS_FILE", str(f))
+    s = load_settings()
+    assert s.consumer_url("inventory").startswith("mysql+pymysql://")
+    assert s.consumer_url("inventory").endswith(f":{s.purchase_db_port}/inventory")
+    assert s.consumer_url("purchase").startswith("postgresql+psycopg://")
+    # a views file without [consumers] tables keeps the bundled file's
+    without = re.sub(r'(?m)^\[consumers\.\w+\]\nstack_server = "\w+"\n', "", bundled_text)
+    assert "stack_server" not in without
+    f.write_text(without)
+    s = load_settings()
+    assert s.consumer_url("purchase") == load_settings(views_file=None).consumer_url("purchase")
+    assert s.consumer_url("purchase").startswith("mysql+pymysql://")

@@ -15,28 +15,26 @@ from typing import Any
 import pytest
 
 from app.control import Command, encode
-from app.decode import Decoder
 from app.metrics import Metrics
-from app.pipeline import BatchLoop, DeadLetter, Pipeline, RawRecord
+from app.positions import Positions, behind
+from app.records import RawRecord
 from app.shards import (
     Claim,
     Fenced,
     Progress,
-    behind,
     decode_positions,
     encode_positions,
     in_shards,
     merged_minimum,
     shard_of,
 )
-from app.state import MemoryStore, Positions
-from tests.unit.debezium import TOPICS, DictSchemas, key, value
+from app.state import MemoryStore
+from tests.unit.debezium import DictSchemas, key, value
+from tests.unit.doubles import CONTROL, MemorySink, memory_loop, no_dead_letters
 from tests.unit.test_join import reference_views
-from tests.unit.test_pipeline import MemorySink
 
 SHARDS = 4
 EPOCH = dt.date(1970, 1, 1)
-CONTROL = "deployment.control"
 VIEW_NAMES = ("order.product_view", "purchase.product_view", "purchase.batch_view")
 PARTS = {"categories": 1, "warranty_types": 1, "products": 2, "batches": 2}
 
@@ -148,13 +146,9 @@ class Worker:
         self.start()
 
     def start(self) -> None:
-        async def no_dead_letters(dl: DeadLetter) -> None:
-            raise AssertionError(dl.reason)
-
-        pipeline = Pipeline(Decoder(self.source.schemas, TOPICS), self.store, shards=SHARDS,
-                            control_topic=CONTROL)
-        self.loop = BatchLoop(pipeline, self.sink, no_dead_letters, source=self.source,
-                              owner=self.name, metrics=self.metrics)
+        self.loop = memory_loop(self.sink, store=self.store, schemas=self.source.schemas,
+                                source=self.source, send_dead_letter=no_dead_letters,
+                                metrics=self.metrics, shards=SHARDS, worker_name=self.name)
         self.read = dict(self.committed)
         self.alive = True
         #: Out of the lease group without knowing it (a long pause): it goes on writing.
@@ -212,7 +206,7 @@ def view_rows(sink: MemorySink) -> dict[str, dict[int, dict[str, Any]]]:
 @pytest.mark.parametrize("seed", range(12))
 def test_views_equal_the_join_whatever_moves_between_workers(
         seed: int, redo_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.pipeline.REDO_MAX", redo_max)
+    monkeypatch.setattr("app.ownership.REDO_MAX", redo_max)
     rng = random.Random(seed)
     source = Source(rng)
     sink = MemorySink()
@@ -266,14 +260,14 @@ def test_views_equal_the_join_whatever_moves_between_workers(
                 rows[k] = dict(rows[k], sku="DRIFT") if "sku" in rows[k] else rows[k]
             rows[10**9 + len(rows)] = {"bogus": True}
             source.command(Command("resync", name))
-        while any(w.alive and (w.behind() or w.loop.pending) for w in workers):
+        while any(w.alive and (w.behind() or w.loop.shards.pending) for w in workers):
             for w in workers:
                 if w.alive:
                     await w.step(rng)
         for w in workers:
             if w.alive:
                 await w.loop.drain()
-                assert not w.loop.pending
+                assert not w.loop.shards.pending
 
     asyncio.run(run())
     assert_views_equal_the_join(source, sink)
@@ -309,9 +303,9 @@ def test_a_worker_that_lost_its_shards_without_knowing_is_fenced_and_steps_back(
             await zombie.step(rng)
         await zombie.loop.drain()
         await zombie.loop.idle()
-        assert not zombie.loop.owned and not zombie.loop.epochs
+        assert not zombie.loop.shards.owned and not zombie.loop.shards.epochs
         assert not zombie.loop.pipeline.active
-        while other.behind() or other.loop.pending:
+        while other.behind() or other.loop.shards.pending:
             await other.step(rng)
             await other.loop.settle()
         await other.loop.drain()
@@ -319,7 +313,7 @@ def test_a_worker_that_lost_its_shards_without_knowing_is_fenced_and_steps_back(
         await other.loop.own(frozenset({0, 1}))
         await zombie.loop.own(frozenset({2, 3}))
         await zombie.loop.settle()
-        assert set(zombie.loop.epochs) == {2, 3}
+        assert set(zombie.loop.shards.epochs) == {2, 3}
         for _ in range(30):
             source.step()
         for w in (zombie, other):
@@ -328,7 +322,7 @@ def test_a_worker_that_lost_its_shards_without_knowing_is_fenced_and_steps_back(
             await w.loop.drain()
         # fenced again, and this time no assignment comes within the grace: it stops
         await other.loop.own(frozenset(range(SHARDS)))
-        zombie.loop.fenced_grace_s = 0.0
+        zombie.loop.shards.fenced_grace_s = 0.0
         with pytest.raises(Fenced):
             for _ in range(10):  # a write (fenced), then the next step finds no assignment
                 source.step()
@@ -374,11 +368,11 @@ def test_a_takeover_stops_for_a_rebalance_and_is_done_again_after_it() -> None:
         await w.loop.own(frozenset(range(SHARDS)))
         writes = 0
         await w.loop.settle()
-        assert writes == 1 and set(w.loop.pending) == set(range(SHARDS))
-        assert not w.loop.epochs  # nothing taken over: no positions recorded
+        assert writes == 1 and set(w.loop.shards.pending) == set(range(SHARDS))
+        assert not w.loop.shards.epochs  # nothing taken over: no positions recorded
         await w.loop.own(frozenset(range(SHARDS)))  # the announced call
         await w.loop.settle()
-        assert not w.loop.pending and set(w.loop.epochs) == set(range(SHARDS))
+        assert not w.loop.shards.pending and set(w.loop.shards.epochs) == set(range(SHARDS))
 
     asyncio.run(run())
     assert_views_equal_the_join(source, sink)

@@ -8,7 +8,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
 from app.sink import delete_statement, dialect_for, upsert_statement, view_table
-from app.views import ORDER_PRODUCT_VIEW, PURCHASE_BATCH_VIEW, VIEWS
+from app.views import bundled_views, view_named
+
+VIEWS = bundled_views()
+ORDER_PRODUCT_VIEW = view_named("order.product_view", VIEWS)
+PURCHASE_BATCH_VIEW = view_named("purchase.batch_view", VIEWS)
 
 
 def _sql(stmt: sa.Executable, dialect: sa.engine.Dialect) -> str:

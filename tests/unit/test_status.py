@@ -1,4 +1,4 @@
-"""``app.status`` without a server: the row-count cache the status page relies on (a
+"""``app.status_model`` without a server: the row-count cache the status page relies on (a
 ``COUNT(*)`` scans the table, so a page refreshed every few seconds must not run one each
 time). SQLite stands in for a table here, not for a consumer database."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from app.status import RowCounts
-from app.views import view_named
+from app.status_model import RowCounts
+from app.views import bundled_views, view_named
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def add_row(engine: sa.Engine, key: int) -> None:
 
 
 def test_without_a_ttl_every_call_counts(engine: sa.Engine) -> None:
-    counts, view = RowCounts(), view_named("order.product_view")
+    counts, view = RowCounts(), view_named("order.product_view", bundled_views())
     assert counts.count(engine, view) == 2
     add_row(engine, 3)
     assert counts.count(engine, view) == 3
@@ -36,8 +36,8 @@ def test_within_the_ttl_the_last_count_is_reused_then_counted_again(
     engine: sa.Engine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr("app.status.time.monotonic", lambda: now[0])
-    counts, view = RowCounts(ttl_s=60.0), view_named("order.product_view")
+    monkeypatch.setattr("app.status_model.time.monotonic", lambda: now[0])
+    counts, view = RowCounts(ttl_s=60.0), view_named("order.product_view", bundled_views())
     assert counts.count(engine, view) == 2
     add_row(engine, 3)
     now[0] += 59.0
@@ -45,4 +45,4 @@ def test_within_the_ttl_the_last_count_is_reused_then_counted_again(
     now[0] += 2.0
     assert counts.count(engine, view) == 3
     # each view has its own count
-    assert counts.count(engine, view_named("purchase.product_view")) == 3
+    assert counts.count(engine, view_named("purchase.product_view", bundled_views())) == 3

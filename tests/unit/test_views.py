@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.views import (
-    CATEGORY_PATH,
-    ORDER_PRODUCT_VIEW,
-    PURCHASE_BATCH_VIEW,
-    PURCHASE_PRODUCT_VIEW,
-    Column,
-    Grain,
-    ViewDef,
-)
+from app.views import CATEGORY_PATH, Column, Grain, ViewDef, bundled_views, view_named
+
+ORDER_PRODUCT_VIEW = view_named("order.product_view", bundled_views())
+PURCHASE_PRODUCT_VIEW = view_named("purchase.product_view", bundled_views())
+PURCHASE_BATCH_VIEW = view_named("purchase.batch_view", bundled_views())
 
 
 def test_contract_columns() -> None:
@@ -60,11 +56,12 @@ INVENTORY = (Path(__file__).parent / "fixtures" / "inventory.views.toml").read_t
 
 
 def test_the_bundled_file_holds_the_three_views_of_the_contract() -> None:
-    from app.views import VIEWS, load_views
+    from app.resources import bundled
+    from app.views import load_views
 
-    assert [v.name for v in load_views()] == [
+    assert [v.name for v in bundled_views()] == [
         "order.product_view", "purchase.product_view", "purchase.batch_view"]
-    assert load_views() == VIEWS
+    assert load_views() == bundled_views() == load_views(bundled("schemas") / "views.toml")
 
 
 def test_a_fourth_view_by_file_alone(tmp_path: Path) -> None:
@@ -119,3 +116,22 @@ def test_a_consumer_database_url_comes_from_its_own_variable(
     assert load_settings().consumer_url("inventory") == "postgresql+psycopg://u:p@h/inv"
     monkeypatch.delenv("VIEWSYNC_INVENTORY_DB_URL")
     assert load_settings().consumer_url("inventory").endswith("/inventory")
+
+
+def test_the_table_a_row_stands_for() -> None:
+    assert ORDER_PRODUCT_VIEW.grain_table == PURCHASE_PRODUCT_VIEW.grain_table == "products"
+    assert PURCHASE_BATCH_VIEW.grain_table == "batches"
+
+
+def test_the_stack_servers_of_the_consumers(tmp_path: Path) -> None:
+    from app.views import ViewFileError, load_views, stack_servers
+
+    assert stack_servers() == {"order": "postgresql", "purchase": "mariadb"}
+    f = tmp_path / "views.toml"
+    f.write_text(INVENTORY + '\n[consumers.inventory]\nstack_server = "oracle"\n')
+    with pytest.raises(ViewFileError, match=re.escape("consumers.inventory.stack_server")):
+        load_views(f)
+    f.write_text(INVENTORY + '\n[consumers.inventory]\nstack_server = "mariadb"\n')
+    assert stack_servers(f) == {"inventory": "mariadb"}
+    f.write_text(INVENTORY)
+    assert stack_servers(f) == stack_servers()

@@ -1,4 +1,5 @@
-"""`viewsync status`: the health of a deployment, wherever it runs, from the outside.
+"""The health of a deployment, wherever it runs, from the outside: the one model that
+``viewsync status`` (``app.cli``) and the worker's status page (``app.web``) show.
 
 Everything comes from the systems the pipeline already uses — no worker has to answer:
 
@@ -23,12 +24,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.changes import SOURCE_TABLES
 from app.clients import kafka_config
+from app.positions import Positions, records_to_go
 from app.settings import Settings
 from app.shards import merged_minimum
 from app.sink import sink_urls
-from app.state import Positions
 from app.views import ViewDef
 
 
@@ -88,7 +88,7 @@ class Status:
 def _ends(settings: Settings) -> Positions:
     from app.topic_range import topic_ends
 
-    return topic_ends(settings, [settings.topic(t) for t in SOURCE_TABLES])
+    return topic_ends(settings, settings.source_topics())
 
 
 def _connector(settings: Settings, st: Status) -> None:
@@ -122,8 +122,8 @@ def _workers(settings: Settings, st: Status, ends: Positions) -> None:
                                              "enable.auto.commit": False}))
         try:
             committed = c.committed([TopicPartition(t, p) for t, p in ends], timeout=30)
-            lag: int | None = sum(max(0, ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
-                                  for tp in committed)
+            lag: int | None = records_to_go(
+                ends, {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed})
         except Exception:
             lag = None
         finally:
@@ -152,7 +152,7 @@ def _staleness(settings: Settings, written: Positions | None, ends: Positions
             oldest = r.timestamp_ms if oldest is None else min(oldest, r.timestamp_ms)
             break
     age = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
-    return age, sum(end - start for start, end in behind.values())
+    return age, records_to_go(ends, written)
 
 
 def _views(settings: Settings, st: Status, ends: Positions, counts: RowCounts) -> None:
