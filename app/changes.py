@@ -1,7 +1,7 @@
 """Typed change events: what the decode stage hands to the join stage.
 
 Pure: no Kafka, no Faust, no SQL. A :class:`Change` is one row-level change of one
-Product-database table, already decoded from Debezium's envelope into plain Python
+declared Product-database table, already decoded from Debezium's envelope into plain Python
 values (``int``, ``str``, ``Decimal``, ``datetime.date``, ``None``).
 """
 
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-SourceTable = Literal["categories", "warranty_types", "products", "batches"]
-SOURCE_TABLES: tuple[SourceTable, ...] = get_args(SourceTable)
+from app.graph import Key
 
 #: Debezium operation codes, plus ``t`` for a tombstone (Kafka record with a null value).
 Op = Literal["c", "u", "d", "r", "t"]
@@ -30,8 +29,9 @@ class Change:
     engine never trusts it, it uses its own copy of the row.
     """
 
-    table: SourceTable
-    key: int
+    #: A declared source table (``app.graph``) and the row's key.
+    table: str
+    key: Key
     after: Row | None
     before: Row | None = None
     op: Op = "u"

@@ -42,7 +42,8 @@ connectors_cli = typer.Typer(no_args_is_help=True,
                              help="Manage the Debezium source connector (Connect REST API).")
 dlq_cli = typer.Typer(no_args_is_help=True,
                       help="The dead-letter topic: list, show, replay.")
-schemas_cli = typer.Typer(no_args_is_help=True, help="The Avro contracts against the registry.")
+schemas_cli = typer.Typer(no_args_is_help=True,
+                          help="The registry's source schemas against the declared tables.")
 demo_cli = typer.Typer(no_args_is_help=True, help="Sample data for the Product database.")
 shards_cli = typer.Typer(no_args_is_help=True,
                          help="The shards of a deployment: who writes which view rows.")
@@ -512,29 +513,31 @@ def schemas_check(
     ctx: typer.Context,
     proposed: Annotated[list[str] | None, typer.Option(
         metavar="TABLE.PART=FILE",
-        help="A proposed writer schema, e.g. products.value=new.avsc (repeatable).")] = None,
+        help="A proposed writer schema of a declared table, e.g. TABLE.value=new.avsc "
+             "(repeatable).")] = None,
     no_registry: Annotated[bool, typer.Option(
         help="Check only the --proposed files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Do the registry's (or proposed) source schemas read as the contracts in schemas/?
+    """Do the registry's (or proposed) source schemas read as the views file's contracts?
 
-    Runs the worker's own Avro schema resolution on the latest schema of every source
-    subject in the registry (and shows its compatibility rule), and on proposed writer
-    schemas, so that a Product-service migration that would break the views is caught
-    before it ships. Exit 1 if one does not.
+    Runs the worker's own check (every declared column and the declared key, of its key
+    type) on the latest schema of every declared table's subjects in the registry (and shows
+    its compatibility rule), and on proposed writer schemas, so that a Product-service
+    migration that would break the views is caught before it ships. Exit 1 if one does not.
     """
     from app.schemas_check import as_json as checks_json
     from app.schemas_check import check_proposed, check_registry
 
     checks = [] if no_registry else check_registry(settings(ctx))
+    graph = settings(ctx).graph()
     for spec in proposed or []:
         name, _, path = spec.partition("=")
         tbl, _, part = name.partition(".")
         if not path:
             fail(f"--proposed {spec!r}: expected TABLE.PART=FILE", EXIT_CONFIG)
         try:
-            checks.append(check_proposed(tbl, part, Path(path).read_text()))
+            checks.append(check_proposed(graph, tbl, part, Path(path).read_text()))
         except (OSError, ValueError) as exc:
             fail(f"--proposed {spec!r}: {exc}", EXIT_CONFIG)
     bad = [c for c in checks if not c.ok]

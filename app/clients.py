@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+from app.client_logs import kafka_logging
 from app.settings import Settings
 
 #: Environment variables the Kafka Connect worker resolves secrets from (``config.providers
@@ -40,8 +41,10 @@ def _kafka_password(settings: Settings) -> str:
 
 def kafka_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A confluent-kafka (librdkafka) configuration: ``Producer``, ``Consumer``,
-    ``AdminClient``. ``extra`` is merged in (``{"group.id": …}``)."""
-    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap()}
+    ``AdminClient``. ``extra`` is merged in (``{"group.id": …}``). The client logs through
+    Python logging, repeats collapsed (``app.client_logs``), not to stderr."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap(),
+                            **kafka_logging(settings.bootstrap())}
     if settings.kafka_security_protocol != "PLAINTEXT":
         conf["security.protocol"] = settings.kafka_security_protocol
     if _sasl(settings):

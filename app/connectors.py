@@ -1,7 +1,9 @@
 """`viewsync connectors apply | status | restart`: the Kafka Connect REST API.
 
 Connector configs live in ``connectors/*.json`` with ``{placeholders}`` filled from the
-settings (hosts, ports, topic prefix), and the security settings added
+settings (hosts, ports, topic prefix) and from the views file (the tables to capture:
+``{table_include_list}``, every declared source table; ``{partitioned_topics}``, a regex of
+the topics of :func:`partitioned_tables`), and the security settings added
 (``app.clients.connector_security``). Secrets are never written there: the Connect worker
 resolves ``${env:VIEWSYNC_DB_PASSWORD}`` (and the other ``${env:…}``) itself.
 """
@@ -31,8 +33,40 @@ class ConnectError(Exception):
     """The Connect REST API refused or the connector failed; the message says why."""
 
 
+#: The longest trace line :func:`trace_line` quotes.
+TRACE_CHARS = 300
+
+
+def trace_line(trace: str) -> str:
+    """A Java trace in one line: its first line, and its last ``Caused by:`` (the root
+    cause), each cut to TRACE_CHARS."""
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "no trace"
+    first = lines[0][:TRACE_CHARS]
+    causes = [ln for ln in lines[1:] if ln.startswith("Caused by:")]
+    if causes and causes[-1][:TRACE_CHARS] != first:
+        return f"{first} … {causes[-1][:TRACE_CHARS]}"
+    return first
+
+
+def partitioned_tables(settings: Settings) -> tuple[str, ...]:
+    """The declared tables whose topics get ``source_partitions`` partitions when created:
+    the grains of the views (one view row per source row: the tables that grow with the
+    catalogue). The other tables' topics have one partition."""
+    grains = {v.grain for v in settings.views()}
+    return tuple(t for t in settings.graph().names if t in grains)
+
+
+def _topics_regex(settings: Settings, tables: tuple[str, ...]) -> str:
+    """A Java regex matching exactly the topics of ``tables``."""
+    prefix = f"{re.escape(settings.topic_prefix)}\\.{re.escape(settings.source_database)}\\."
+    return f"{prefix}({'|'.join(re.escape(t) for t in tables)})"
+
+
 def render(path: Traversable, settings: Settings) -> tuple[str, dict[str, str]]:
     """Fill a connector file's placeholders; return (name, config)."""
+    tables = settings.graph().names
     values = {
         "connector_name": settings.connector_name,
         # Every binlog client needs its own server id; derive it from the connector's name
@@ -46,13 +80,16 @@ def render(path: Traversable, settings: Settings) -> tuple[str, dict[str, str]]:
         "kafka_bootstrap": settings.bootstrap(),
         "registry_native_url": settings.registry_native_url(),
         "source_partitions": str(settings.source_partitions),
+        # Debezium's list of regexes of <database>.<table> (table names are identifiers).
+        "table_include_list": ",".join(f"{settings.source_database}.{t}" for t in tables),
+        "partitioned_topics": _topics_regex(settings, partitioned_tables(settings)),
     }
 
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
         if key not in values:
             raise ConnectError(f"{path}: unknown placeholder {{{key}}}")
-        return values[key]
+        return json.dumps(values[key])[1:-1]  # inside a JSON string
 
     doc = json.loads(_PLACEHOLDER.sub(sub, path.read_text(encoding="utf-8")))
     config = {k: str(v) for k, v in doc["config"].items()}
@@ -111,8 +148,11 @@ class ConnectClient:
             raise ConnectError(f"DELETE {self.name}: {r.status_code} {r.text}")
         return True
 
-    def restart(self) -> None:
-        r = self._req("POST", f"/connectors/{self.name}/restart?includeTasks=true&onlyFailed=false")
+    def restart(self, only_failed: bool = False) -> None:
+        """Restart the connector and its tasks (``only_failed``: only those FAILED, KIP-745)."""
+        flag = "true" if only_failed else "false"
+        r = self._req("POST",
+                      f"/connectors/{self.name}/restart?includeTasks=true&onlyFailed={flag}")
         if r.status_code not in (200, 202, 204):
             raise ConnectError(f"restart of {self.name}: {r.status_code} {r.text}")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.clients import kafka_config
+from app.graph import Key
 from app.positions import behind
 from app.settings import Settings
 from app.topic_range import ensure_topic
@@ -35,7 +36,7 @@ Op = Literal["resync", "repair"]
 class Command:
     op: Op
     view: str
-    keys: tuple[int, ...] = ()
+    keys: tuple[Key, ...] = ()
 
 
 def encode(cmd: Command) -> bytes:
@@ -54,10 +55,17 @@ def decode(value: bytes | None, views: set[str]) -> Command | str:
             return f"control record: unknown op {op!r}"
         if view not in views:
             return f"control record: unknown view {view!r}"
-        keys = tuple(int(k) for k in doc.get("keys", ())) if op == "repair" else ()
+        keys = tuple(_key(k) for k in doc.get("keys", ())) if op == "repair" else ()
         return Command(op, view, keys)
     except (ValueError, KeyError, TypeError) as exc:
         return f"control record is not a command: {type(exc).__name__}: {exc}"
+
+
+def _key(value: object) -> Key:
+    """A view key of a repair: an integer or a string, as JSON has it."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"key {value!r} is neither an integer nor a string")
+    return value
 
 
 def ensure_control_topic(settings: Settings) -> None:

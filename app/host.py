@@ -41,6 +41,7 @@ from app.messages import (
     Batch,
     Close,
     Closed,
+    ConnectorHealth,
     Done,
     Ends,
     Failed,
@@ -89,6 +90,10 @@ class PipelineHost(Protocol):
 
     def ends(self, highwaters: Positions) -> None:
         """The source partitions' ends now (for the lag metrics)."""
+        ...
+
+    def connector(self, health: ConnectorHealth) -> None:
+        """The source connector's health, from the worker's supervisor (for the metrics)."""
         ...
 
     async def close(self) -> None:
@@ -192,6 +197,10 @@ class HostClient:
         if not self.closing and self.failure is None:
             self._send(Ends(dict(highwaters)))
 
+    def connector(self, health: ConnectorHealth) -> None:
+        if not self.closing and self.failure is None:
+            self._send(health)
+
     async def close(self, timeout: float = 120.0) -> None:
         """Ask the pipeline side to finish and wait until it has."""
         if self.failure is not None or self.closing:
@@ -222,11 +231,13 @@ class Inbox:
 
 async def serve(loop: BatchLoop, inbox: Inbox, reply: Callable[[ToWorker], None],
                 on_ends: Callable[[Positions], None] = lambda ends: None,
-                worker_alive: Callable[[], bool] = lambda: True) -> None:
+                worker_alive: Callable[[], bool] = lambda: True,
+                on_connector: Callable[[ConnectorHealth], None] = lambda health: None) -> None:
     """Run the batch loop on the worker's messages until :class:`Close` (or the worker is
     gone: ``EOFError``). Batches waiting are merged (up to :data:`MERGE_RECORDS`); with
     no batch for :data:`FLUSH_EVERY_S`, the loop idles (records the shards' positions).
-    ``on_ends`` takes the source partitions' ends the worker sends (the lag metrics)."""
+    ``on_ends`` takes the source partitions' ends the worker sends (the lag metrics),
+    ``on_connector`` the source connector's health."""
     queue = inbox.queue
     closing = False
     last_batch = time.monotonic()
@@ -251,6 +262,8 @@ async def serve(loop: BatchLoop, inbox: Inbox, reply: Callable[[ToWorker], None]
                     raise EOFError
                 case Ends(positions):
                     on_ends(positions)
+                case ConnectorHealth():
+                    on_connector(msg)
                 case Own():  # after the batches before it
                     assignment = msg
                     break
@@ -302,6 +315,10 @@ class LoopParts(Protocol):
         """The source partitions' ends as the worker's consumer sees them."""
         ...
 
+    def connector(self, health: ConnectorHealth) -> None:
+        """The source connector's health as the worker's supervisor saw it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -336,6 +353,10 @@ class _ClientHost:
         if self._alive():
             self._client.ends(highwaters)
 
+    def connector(self, health: ConnectorHealth) -> None:
+        if self._alive():
+            self._client.connector(health)
+
 
 class InProcess(_ClientHost):
     """The host loop as a task of the worker's own event loop (``pipeline_process =
@@ -357,7 +378,8 @@ class InProcess(_ClientHost):
 
     async def _serve(self) -> None:
         try:
-            await serve(self.parts.loop, self._inbox, self._client.receive, self.parts.ends)
+            await serve(self.parts.loop, self._inbox, self._client.receive, self.parts.ends,
+                        on_connector=self.parts.connector)
         except BaseException as exc:
             log.error("pipeline failed: %s", "".join(traceback.format_exception(exc)))
             self._client.receive(Failed(f"{type(exc).__name__}: {exc}"))
@@ -465,7 +487,7 @@ async def _child(settings: Settings, conn: Connection) -> None:
         threading.Thread(target=_read_pipe, name="pipe-reader", daemon=True,
                          args=(conn, asyncio.get_running_loop(), inbox)).start()
         await serve(parts.loop, inbox, conn.send, parts.ends,
-                    worker_alive=lambda: os.getppid() == parent)
+                    worker_alive=lambda: os.getppid() == parent, on_connector=parts.connector)
     finally:
         parts.close()
 

@@ -1,16 +1,17 @@
 """The pure join engine: keeps a copy of the source tables and says which view rows to redo.
 
 Pure: no Kafka, no Faust, no SQL. :class:`JoinEngine` applies one :class:`~app.changes.Change`
-at a time to a :class:`~app.state.SourceState` (four key -> row stores and the reverse
-indexes over them; plain dicts in tests, RocksDB in the worker) and returns the
-:class:`Affected` view keys: the products and batches whose view rows may differ now, and
-which columns of the changed row changed, so that a view that reads none of them (and no
-join column) is not rewritten. The projection (``app.project``) then recomputes exactly
-those rows from the state.
+at a time to a :class:`~app.state.SourceState` (one key -> row store per declared source
+table and a reverse index per reference and hierarchy; plain dicts in tests, RocksDB in the
+worker) and returns the :class:`Affected` view keys: per source table, the rows whose view
+rows may differ now — found by walking back along the reverse indexes from the changed row
+(a hierarchy adds its subtree first), never by a scan — and which columns of the changed
+row changed, so that a view that reads none of them (and no join column) is not rewritten.
+The projection (``app.project``) then recomputes exactly those rows from the state.
 
 Change events of different tables arrive in any order, so the state routinely holds
-dangling references (a batch whose product has not arrived, a category whose parent was
-deleted). The reverse indexes are therefore keyed by the *referenced* id whether or not
+dangling references (a row whose referenced row has not arrived, a hierarchy row whose parent
+was deleted). The reverse indexes are therefore keyed by the *referenced* id whether or not
 that row exists; when it arrives later, its dependants are found through the index.
 
 Rules that keep this correct under replays and restarts:
@@ -31,44 +32,30 @@ Rules that keep this correct under replays and restarts:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from app.changes import Change, SourceTable
-from app.state import (
-    CATEGORY_PRODUCTS,
-    CHILDREN,
-    FOREIGN_KEYS,
-    PRODUCT_BATCHES,
-    WARRANTY_PRODUCTS,
-    SourceState,
-)
-from app.views import Grain, ViewDef
+from app.changes import Change
+from app.graph import Key
+from app.state import SourceState
+from app.views import ViewDef
 
-__all__ = [
-    "CATEGORY_PRODUCTS",
-    "CHILDREN",
-    "PRODUCT_BATCHES",
-    "WARRANTY_PRODUCTS",
-    "Affected",
-    "JoinEngine",
-    "SourceState",
-]
+__all__ = ["Affected", "JoinEngine", "SourceState"]
 
 
 @dataclass(frozen=True, slots=True)
 class Affected:
-    """The view keys whose rows may have changed because of one change of ``table``.
+    """The rows whose view rows may have changed because of one change of ``table``.
 
-    ``changed`` names the columns of the changed row that differ from the engine's previous
-    copy; ``None`` means "treat every column as changed" (a row that appeared or vanished,
-    a duplicate, or a replay).
+    ``keys``: per source table, the keys of its rows that depend on the changed row (the
+    changed row itself among them). ``changed`` names the columns of the changed row that
+    differ from the engine's previous copy; ``None`` means "treat every column as changed"
+    (a row that appeared or vanished, a duplicate, or a replay).
     """
 
-    table: SourceTable
-    product_ids: frozenset[int] = frozenset()
-    batch_ids: frozenset[int] = frozenset()
+    table: str
+    keys: Mapping[str, frozenset[Key]] = field(default_factory=dict)
     changed: frozenset[str] | None = None
 
     def touches(self, view: ViewDef) -> bool:
@@ -77,19 +64,15 @@ class Affected:
             return False
         return self.changed is None or not self.changed.isdisjoint(view.relevant(self.table))
 
-    def keys_for(self, view: ViewDef) -> frozenset[int]:
+    def keys_for(self, view: ViewDef) -> frozenset[Key]:
         """The keys of ``view`` to recompute: none when the change cannot alter the view."""
         if not self.touches(view):
             return frozenset()
-        return self.product_ids if view.grain is Grain.PRODUCT else self.batch_ids
+        return self.keys.get(view.grain, frozenset())
 
-
-def _ref(row: Mapping[str, Any] | None, column: str) -> int | None:
-    """The id ``row`` references through ``column`` (``None`` for no row or a NULL)."""
-    if row is None:
-        return None
-    value: int | None = row.get(column)
-    return value
+    def of(self, table: str) -> frozenset[Key]:
+        """The affected keys of ``table``."""
+        return self.keys.get(table, frozenset())
 
 
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> frozenset[str] | None:
@@ -101,8 +84,13 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> frozenset[str] |
 class JoinEngine:
     """Applies changes to a :class:`SourceState`, maintaining the reverse indexes it holds."""
 
-    def __init__(self, state: SourceState | None = None) -> None:
-        self.state: SourceState = state if state is not None else SourceState()
+    def __init__(self, state: SourceState) -> None:
+        self.state = state
+        self.graph = state.graph
+        #: Per table, the reverse indexes its rows are entered in: (index, column).
+        self._own_indexes: dict[str, list[tuple[str, str]]] = {t: [] for t in self.graph.names}
+        for index, (table, column) in self.graph.index_columns.items():
+            self._own_indexes[table].append((index, column))
 
     # --- indexes --------------------------------------------------------------------------
 
@@ -110,28 +98,19 @@ class JoinEngine:
         """Recompute every reverse index from the rows the stores hold now."""
         self.state.rebuild_indexes()
 
-    def indexes(self) -> dict[str, dict[int, frozenset[int]]]:
+    def indexes(self) -> dict[str, dict[Key, frozenset[Key]]]:
         """A frozen copy of every reverse index (for tests and diagnostics)."""
         return {name: index.snapshot() for name, index in self.state.indexes.items()}
 
-    def _referrers(self, index: str, ref: int) -> Collection[int]:
-        return self.state.indexes[index].get(ref)
-
-    def _reindex(
-        self,
-        table: SourceTable,
-        key: int,
-        old: Mapping[str, Any] | None,
-        new: Mapping[str, Any] | None,
-    ) -> None:
+    def _reindex(self, table: str, key: Key, old: Mapping[str, Any] | None,
+                 new: Mapping[str, Any] | None) -> None:
         """Move ``key`` in every index of ``table`` from its old reference to its new one."""
-        for fk in FOREIGN_KEYS:
-            if fk.table != table:
-                continue
-            old_ref, new_ref = _ref(old, fk.column), _ref(new, fk.column)
+        for name, column in self._own_indexes[table]:
+            old_ref = None if old is None else old.get(column)
+            new_ref = None if new is None else new.get(column)
             if old_ref == new_ref:
                 continue
-            index = self.state.indexes[fk.index]
+            index = self.state.indexes[name]
             if old_ref is not None:
                 index.discard(old_ref, key)
             if new_ref is not None:
@@ -161,41 +140,45 @@ class JoinEngine:
                 store[change.key] = new
         return self.affected(change.table, change.key, changed)
 
-    def affected(
-        self, table: SourceTable, key: int, changed: frozenset[str] | None = None
-    ) -> Affected:
-        """The view keys that depend on row ``key`` of ``table`` in the current state."""
-        if table == "categories":
-            products = frozenset(self._category_products(key))
-        elif table == "warranty_types":
-            products = frozenset(self._referrers(WARRANTY_PRODUCTS, key))
-        elif table == "products":
-            products = frozenset((key,))
-        elif table == "batches":
-            return Affected(table, batch_ids=frozenset((key,)), changed=changed)
-        else:
-            raise ValueError(f"unknown source table: {table!r}")
-        return Affected(table, product_ids=products, batch_ids=self._batches_of(products),
-                        changed=changed)
+    def affected(self, table: str, key: Key, changed: frozenset[str] | None = None
+                 ) -> Affected:
+        """The rows that depend on row ``key`` of ``table`` in the current state: the row
+        (and, in a hierarchy, its subtree), then every row that references one of them,
+        transitively."""
+        hierarchy = self.graph.source(table).hierarchy
+        start = set(self.subtree(table, key)) if hierarchy is not None else {key}
+        out: dict[str, set[Key]] = {}
+        work: list[tuple[str, set[Key]]] = [(table, start)]
+        while work:
+            t, keys = work.pop()
+            have = out.setdefault(t, set())
+            new = keys - have
+            if not new:
+                continue
+            have |= new
+            for ref in self.graph.referrers(t):
+                index = self.state.indexes[ref.index]
+                found: set[Key] = set()
+                for k in new:
+                    found.update(index.get(k))
+                if found:
+                    work.append((ref.source, found))
+        return Affected(table, {t: frozenset(k) for t, k in out.items()}, changed)
 
-    def subtree(self, category_id: int) -> Iterator[int]:
-        """``category_id`` and every category below it, breadth first; a cycle terminates."""
-        seen = {category_id}
-        queue = deque((category_id,))
+    def subtree(self, table: str, key: Key) -> Iterator[Key]:
+        """``key`` and every row below it in ``table``'s hierarchy, breadth first; a cycle
+        terminates."""
+        hierarchy = self.graph.source(table).hierarchy
+        yield key
+        if hierarchy is None:
+            return
+        children = self.state.indexes[hierarchy.index]
+        seen = {key}
+        queue = deque((key,))
         while queue:
             current = queue.popleft()
-            yield current
-            for child in self._referrers(CHILDREN, current):
+            for child in children.get(current):
                 if child not in seen:
                     seen.add(child)
                     queue.append(child)
-
-    def _category_products(self, category_id: int) -> Iterator[int]:
-        for category in self.subtree(category_id):
-            yield from self._referrers(CATEGORY_PRODUCTS, category)
-
-    def _batches_of(self, products: Iterable[int]) -> frozenset[int]:
-        batches: set[int] = set()
-        for product in products:
-            batches.update(self._referrers(PRODUCT_BATCHES, product))
-        return frozenset(batches)
+                    yield child

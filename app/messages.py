@@ -10,6 +10,8 @@ The worker (``app.worker``, through its host's client, ``app.host``) sends
 * :class:`Own` in → :class:`Owned` back once the loop writes exactly those shards (a shard
   lost has no write in flight any more);
 * :class:`Ends` in: the source partitions' ends as the worker's consumer sees them (lag);
+* :class:`ConnectorHealth` in: the source connector as the worker's supervisor
+  (``app.supervisor``) last saw it, and the restarts it made (metrics);
 * :class:`Close` in → :class:`Closed` back once the loop has finished its writes;
 * :class:`Ready` after start-up (view tables created, state store restored), and
   :class:`Failed` when the loop fails.
@@ -52,6 +54,16 @@ class Ends:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectorHealth:
+    #: The connector and every task RUNNING (None: Connect did not answer).
+    running: bool | None
+    #: Restarts the worker's supervisor has made since the worker started, and the last's
+    #: time (epoch seconds).
+    restarts: int
+    last_restart: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     pass
 
@@ -82,5 +94,5 @@ class Failed:
     error: str
 
 
-ToPipeline = Batch | Own | Ends | Close
+ToPipeline = Batch | Own | Ends | ConnectorHealth | Close
 ToWorker = Ready | Done | Owned | Closed | Failed

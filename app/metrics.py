@@ -5,10 +5,11 @@ Every name starts with ``viewsync_``. Counters are exposed with the ``_total`` s
 client's ``_created`` sample); histograms as ``_bucket``/``_sum``/``_count``.
 
 ``viewsync_source_events_total{table}`` (counter)
-    Decoded source change events, per source table (``categories``, ``warranty_types``,
-    ``products``, ``batches``). The four tables' series exist from the start at 0.
+    Decoded source change events, per source table (a table of the views file's
+    ``[sources]``). The series of the tables given to :class:`Metrics` (the declared ones)
+    exist from the start at 0; any other table's with its first event.
 ``viewsync_view_rows_total{view,op}`` (counter)
-    View rows written to a consumer database, per view (``order.product_view``, ...) and
+    View rows written to a consumer database, per view (``<consumer>.<table>``) and
     ``op`` = ``upsert`` | ``delete``.
 ``viewsync_sink_batch_rows`` (histogram)
     Rows per sink write (one write covers every consumer database); buckets 1 .. 100k.
@@ -30,6 +31,13 @@ client's ``_created`` sample); histograms as ``_bucket``/``_sum``/``_count``.
     Source partitions (shards) this worker owns now.
 ``viewsync_caught_up`` (gauge)
     1 when this worker has written everything it has read up to the partitions' ends, else 0.
+``viewsync_connector_running`` (gauge)
+    1 when the source connector and every task are RUNNING, as this worker's supervisor
+    (``app.supervisor``) last saw it; 0 otherwise, also while Kafka Connect does not answer.
+``viewsync_connector_restarts_total`` (counter)
+    Restarts of a FAILED source connector or task this worker's supervisor has made.
+``viewsync_connector_last_restart_timestamp_seconds`` (gauge)
+    When the last of them was (epoch seconds; 0: none yet).
 ``viewsync_worker_info{worker}`` (gauge, always 1)
     Info-style series naming the worker (default: the host name); the dashboard joins it on
     ``instance`` to label the other series per worker.
@@ -41,6 +49,7 @@ with its status page, from ``app.web`` on ``VIEWSYNC_METRICS_PORT``.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -51,8 +60,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-
-SOURCE_TABLES: Final = ("categories", "warranty_types", "products", "batches")
 
 SINK_BATCH_ROWS_BUCKETS: Final = (
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 25_000.0,
@@ -76,8 +83,9 @@ _SUFFIXES: Final = {
 class Metrics:
     """The worker's metrics in a registry of their own. Every method is thread-safe."""
 
-    def __init__(self, worker: str | None = None) -> None:
-        """``worker`` names the worker in ``viewsync_worker_info`` (default: the host name)."""
+    def __init__(self, worker: str | None = None, tables: Iterable[str] = ()) -> None:
+        """``worker`` names the worker in ``viewsync_worker_info`` (default: the host name);
+        ``tables``: the declared source tables, whose event series start at 0."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._events = Counter("viewsync_source_events", "Decoded source change events",
@@ -106,8 +114,22 @@ class Metrics:
                                 registry=r)
         self._worker = Gauge("viewsync_worker_info", "The worker's name (always 1)",
                              ["worker"], registry=r)
+        self._connector_running = Gauge(
+            "viewsync_connector_running",
+            "1 when the source connector and its tasks are RUNNING (this worker's view)",
+            registry=r)
+        self._connector_restarts = Counter(
+            "viewsync_connector_restarts", "Restarts of the FAILED source connector or tasks "
+            "by this worker's supervisor", registry=r)
+        self._connector_last_restart = Gauge(
+            "viewsync_connector_last_restart_timestamp_seconds",
+            "When this worker's supervisor last restarted the source connector (0: never)",
+            registry=r)
+        self._restarts_seen = 0
+        self._last_restart: float | None = None
+        self._connector_lock = threading.Lock()
         self._lag_keys: set[tuple[str, str]] = set()
-        for table in SOURCE_TABLES:
+        for table in tables:
             self._events.labels(table=table)
         self.worker(socket.gethostname() if worker is None else worker)
 
@@ -172,6 +194,25 @@ class Metrics:
     def caught_up(self, flag: bool) -> None:
         """Whether this worker has written everything up to the partitions' ends."""
         self._caught_up.set(1 if flag else 0)
+
+    def connector(self, running: bool | None, restarts: int,
+                  last_restart: float | None) -> None:
+        """The source connector as the supervisor last saw it (``None``: Connect did not
+        answer), the restarts it has made so far (a running total) and the last one's time."""
+        self._connector_running.set(1 if running else 0)
+        with self._connector_lock:
+            new = restarts - self._restarts_seen
+            if new > 0:
+                self._connector_restarts.inc(new)
+                self._restarts_seen = restarts
+            if last_restart is not None:
+                self._last_restart = last_restart
+                self._connector_last_restart.set(last_restart)
+
+    def connector_restarts(self) -> tuple[int, float | None]:
+        """The restarts recorded so far and the last one's time (epoch seconds)."""
+        with self._connector_lock:
+            return self._restarts_seen, self._last_restart
 
     # --- exposing -----------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
+from app.graph import Key
 from app.pipeline import Pipeline
 from app.positions import Positions, behind, records_to_go
 from app.project import ViewBatch
@@ -316,8 +317,8 @@ class ShardOwnership:
                     rows += await self.write({view.name: ViewBatch(deletes=stale)}, only)
         return rows
 
-    async def _keys(self, view: ViewDef, shard: int) -> set[int]:
-        def keys() -> set[int]:
+    async def _keys(self, view: ViewDef, shard: int) -> set[Key]:
+        def keys() -> set[Key]:
             return self.sink.keys(view, shard, self.pipeline.shards)
         return await retry(lambda: asyncio.to_thread(keys), SinkUnavailable,
                            f"reading {view.name}")

@@ -24,9 +24,10 @@ from app import control
 from app.changes import Change
 from app.control import Command
 from app.decode import DecodeFailure, Decoder
+from app.graph import Key
 from app.join import Affected, JoinEngine
 from app.positions import Positions
-from app.project import ViewBatch, project_many
+from app.project import Memo, ViewBatch, project_many
 from app.records import DeadLetter, RawRecord
 from app.shards import in_shards, shard_of
 from app.state import StateStore
@@ -85,7 +86,7 @@ class Pipeline:
         self.replay_until: Positions = store.positions()
         #: Source positions reached since the last commit.
         self.positions: Positions = {}
-        self._dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
+        self._dirty: dict[str, set[Key]] = {v.name: set() for v in self.views}
         self._changes = 0
         self._events: dict[str, int] = {}
         self._fresh: dict[str, set[int]] = {}
@@ -126,7 +127,7 @@ class Pipeline:
         tp = (rec.topic, rec.partition)
         self.positions[tp] = max(rec.offset + 1, self.replay_until.get(tp, 0))
 
-    def _command(self, cmd: Command, dirty: dict[str, set[int]], resync: set[str],
+    def _command(self, cmd: Command, dirty: dict[str, set[Key]], resync: set[str],
                  only: frozenset[int] | None = None) -> None:
         """A repair marks its keys (of the active shards, or ``only``) in ``dirty``; a
         resync is noted in ``resync`` for the loop: it rewrites whole shards."""
@@ -181,9 +182,9 @@ class Pipeline:
         changes, self._changes = self._changes, 0
         return self._project(dirty), changes
 
-    def _project(self, dirty: Mapping[str, Iterable[int]]) -> dict[str, ViewBatch]:
+    def _project(self, dirty: Mapping[str, Iterable[Key]]) -> dict[str, ViewBatch]:
         out: dict[str, ViewBatch] = {}
-        memo: dict[int, str | None] = {}
+        memo = Memo()
         for view in self.views:
             keys = dirty.get(view.name)
             if keys:
@@ -196,7 +197,7 @@ class Pipeline:
         projected from the current state: what a new owner writes for the records its
         predecessor may not have written (see ``app.shards``); and the views a command
         among them asked to resync."""
-        dirty: dict[str, set[int]] = {v.name: set() for v in self.views}
+        dirty: dict[str, set[Key]] = {v.name: set() for v in self.views}
         only = frozenset((shard,))
         resync: set[str] = set()
         for rec in records:
@@ -220,7 +221,7 @@ class Pipeline:
         the number of shards)."""
         for view in self.views if views is None else views:
             table = self.state.store(view.grain_table)
-            keys: list[int] = []
+            keys: list[Key] = []
             for key in table:
                 if shard_of(key, self.shards) in shards:
                     keys.append(key)
@@ -230,8 +231,9 @@ class Pipeline:
             if keys:
                 yield self._project({view.name: keys})
 
-    def without_source_row(self, view: ViewDef, keys: Iterable[int]) -> set[int]:
-        """The keys of ``keys`` whose source row (product or batch) the state does not have."""
+    def without_source_row(self, view: ViewDef, keys: Iterable[Key]) -> set[Key]:
+        """The keys of ``keys`` whose source row (of the view's grain) the state does not
+        have."""
         table = self.state.store(view.grain_table)
         return {k for k in keys if k not in table}
 

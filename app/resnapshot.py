@@ -62,7 +62,8 @@ def resnapshot(settings: Settings, timeout: float = 3600.0,
     result = ResnapshotResult()
     client = ConnectClient(settings)
     topics = list(settings.source_topics())
-    decoder = Decoder(RegistrySchemas(registry_config(settings)), settings.topic_tables())
+    decoder = Decoder(RegistrySchemas(registry_config(settings)), settings.topic_tables(),
+                      settings.graph())
 
     say(f"stopping connector {client.name} and resetting its offsets")
     client.stop()

@@ -1,5 +1,5 @@
-"""The files the worker and the CLI read besides code: the Avro contracts (``schemas/``) and
-the connector configs (``connectors/``).
+"""The files the worker and the CLI read besides code: the bundled views file and its examples
+(``schemas/``) and the connector configs (``connectors/``).
 
 They live at the repository's top level, where their users look for them. The wheel carries
 them inside the package (``app/_bundled/schemas``, ``app/_bundled/connectors``: see

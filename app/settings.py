@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.addresses import bootstrap_problem, database_url_problem, http_url_problem
+
 if TYPE_CHECKING:
-    from app.changes import SourceTable
-    from app.views import ViewDef
+    from app.graph import Graph
+    from app.views import Definitions, ViewDef
 
 
 def _default_state_dir() -> Path:
@@ -41,6 +44,12 @@ def _default_state_dir() -> Path:
 
 class ConfigError(Exception):
     """A configuration value is invalid; the message names the field."""
+
+
+def _refuse(problem: str | None) -> None:
+    """Fail a validator with ``problem`` as the whole message (no "Value error, " prefix)."""
+    if problem:
+        raise PydanticCustomError("invalid_setting", "{problem}", {"problem": problem})
 
 
 class Settings(BaseSettings):
@@ -117,6 +126,10 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("product", pattern=r"^[A-Za-z0-9_.-]+$")
     source_database: str = Field("product", pattern=r"^[A-Za-z0-9_]+$")
     connector_name: str = Field("product-source", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Every worker checks the source connector each ``connector_check_interval_s`` seconds
+    #: and restarts a FAILED connector or task, with backoff (``app.supervisor``).
+    connector_supervise: bool = True
+    connector_check_interval_s: float = Field(10.0, ge=1, le=3600)
     dead_letter_topic: str = Field("viewsync.dead-letter", pattern=r"^[A-Za-z0-9_.-]+$")
     #: The deployment's name: every worker of one deployment has the same ``worker_id``;
     #: it names the shard-lease consumer group and topic (see ``app.leases``).
@@ -129,8 +142,8 @@ class Settings(BaseSettings):
     #: ``product_id % shards``, batch rows to ``batch_id % shards``. Fixed per deployment;
     #: ``viewsync shards reshard`` changes it (README, "Running N workers").
     shards: int = Field(12, ge=1, le=1024)
-    #: Partitions of the products and batches topics when the connector creates them
-    #: (categories and warranty types stay at one).
+    #: Partitions of the topics of the views' grain tables when the connector creates them
+    #: (``app.connectors.partitioned_tables``; the other tables' topics stay at one).
     source_partitions: int = Field(4, ge=1, le=1024)
     #: A worker that stops heartbeating (killed, hung, cut off) loses its shards after this.
     lease_session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
@@ -158,6 +171,54 @@ class Settings(BaseSettings):
     status_max_lag: int = Field(100_000, ge=0)
     status_max_staleness_s: float = Field(60.0, gt=0)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    # An address that cannot parse is refused here, naming its field: the clients would
+    # retry it forever (librdkafka logs "Failed to resolve" every 50 ms) and name nothing.
+    # The problems never repeat a database URL (it holds a password).
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_syntax(cls, value: str | None) -> str | None:
+        """``host:port[,host:port…]``; empty: the local stack's."""
+        if value:
+            _refuse(bootstrap_problem(value))
+        return value
+
+    @field_validator("schema_registry_url", "connect_url")
+    @classmethod
+    def _http_url_syntax(cls, value: str | None) -> str | None:
+        """An ``http(s)://`` URL with a host; empty: the local stack's."""
+        if value:
+            _refuse(http_url_problem(value))
+        return value
+
+    @field_validator("source_url")
+    @classmethod
+    def _source_url_syntax(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _refuse(database_url_problem(value.get_secret_value()))
+        return value
+
+    @field_validator("consumer_db_urls")
+    @classmethod
+    def _consumer_urls_syntax(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for consumer, url in value.items():
+            problem = database_url_problem(url.get_secret_value())
+            if problem:
+                _refuse(f"the URL of consumer {consumer!r}: {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _consumer_urls_in_the_environment(self) -> Settings:
+        """``VIEWSYNC_<CONSUMER>_DB_URL`` (read by :meth:`consumer_url` when no value of
+        ``consumer_db_urls`` beats it), checked now like every other URL."""
+        for var, url in sorted(os.environ.items()):
+            m = re.fullmatch(r"VIEWSYNC_([A-Z0-9_]+)_DB_URL", var)
+            if m is None or not url or m.group(1).lower() in self.consumer_db_urls:
+                continue
+            problem = database_url_problem(url)
+            if problem:
+                _refuse(f"{m.group(1).lower()}_db_url ({var}): {problem}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -306,11 +367,19 @@ class Settings(BaseSettings):
         return (f"postgresql+psycopg://{self.db_user}:{pw}@{self.host}:{self.order_db_port}/"
                 f"{consumer}")
 
+    def definitions(self) -> Definitions:
+        """The source graph and the views (``views_file``, else the bundled file)."""
+        from app.views import load_definitions
+
+        return load_definitions(self.views_file)
+
     def views(self) -> tuple[ViewDef, ...]:
         """The views to maintain (``views_file``, else the bundled file)."""
-        from app.views import bundled_views, load_views
+        return self.definitions().views
 
-        return bundled_views() if self.views_file is None else load_views(self.views_file)
+    def graph(self) -> Graph:
+        """The declared source tables, references and hierarchies."""
+        return self.definitions().graph
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
@@ -332,11 +401,9 @@ class Settings(BaseSettings):
     def topic(self, table: str) -> str:
         return f"{self.topic_prefix}.{self.source_database}.{table}"
 
-    def topic_tables(self) -> dict[str, SourceTable]:
-        """Every source topic and the table whose changes it carries."""
-        from app.changes import SOURCE_TABLES
-
-        return {self.topic(t): t for t in SOURCE_TABLES}
+    def topic_tables(self) -> dict[str, str]:
+        """Every source topic and the declared table whose changes it carries."""
+        return {self.topic(t): t for t in self.graph().names}
 
     def source_topics(self) -> tuple[str, ...]:
         """The source topics (one per source table), in the tables' order."""

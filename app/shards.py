@@ -2,12 +2,12 @@
 
 Every worker holds the whole join state (it reads every partition of every source topic),
 so any worker *could* compute any row; exactly one may write it. View rows are divided into
-``shards`` shards by their key — a product row by ``product_id % shards``, a batch row by
-``batch_id % shards`` — and each shard has one owner at a time: the worker the shard-lease
-consumer group assigned its partition to (``app.leases``).
+``shards`` shards by their key (``app.graph.shard_of``: an integer key modulo the shard
+count, a string key by a stable hash) — and each shard has one owner at a time: the
+worker the shard-lease consumer group assigned its partition to (``app.leases``).
 
-A batch row is owned through its own id, never through its product's: a batch that moves
-P1 → P2 → P1 between products keeps its writer, whatever partitions the products live on.
+A row is owned through its own key, never through a row it references: a child row that
+moves between parents keeps its writer, whatever partitions the parents live on.
 
 Each consumer database keeps, per shard, the owner's *epoch* and the *source positions* up
 to which the shard's rows are written (``viewsync_shards``, written in the same transaction
@@ -29,15 +29,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from app.graph import Key, shard_of
 from app.positions import Positions
 
-
-def shard_of(key: int, shards: int) -> int:
-    """The shard of a view row by its key (a product id or a batch id)."""
-    return key % shards
+__all__ = ["Claim", "Fenced", "Progress", "ShardCountMismatch", "decode_positions",
+           "encode_positions", "in_shards", "merged_minimum", "shard_of"]
 
 
-def in_shards(keys: Iterable[int], shards: int, owned: frozenset[int]) -> set[int]:
+def in_shards(keys: Iterable[Key], shards: int, owned: frozenset[int]) -> set[Key]:
     """The keys of ``keys`` in the shards ``owned``."""
     if len(owned) == shards:
         return set(keys)

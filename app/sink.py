@@ -25,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from app.graph import Key, shard_of
 from app.positions import Positions
 from app.project import ViewBatch
 from app.settings import Settings
@@ -73,7 +74,7 @@ class ViewSink(Protocol):
         epochs and the positions its rows were written up to."""
         ...
 
-    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[Key]:
         """The keys of ``view``'s rows in ``shard``, as the database has them."""
         ...
 
@@ -181,25 +182,40 @@ def delete_statement(table: sa.Table, key: str) -> sa.Executable:
 
 
 def sa_type(t: ColumnType) -> sa.types.TypeEngine[Any]:
-    if t == "bigint":
-        return sa.BigInteger()
-    if t == "int":
-        return sa.Integer()
-    if t == "text":
-        return sa.Text()
-    if t == "date":
-        return sa.Date()
-    if t == "numeric(12,2)":
-        return sa.Numeric(12, 2)
+    fixed: dict[str, sa.types.TypeEngine[Any]] = {
+        "bigint": sa.BigInteger(), "int": sa.Integer(), "smallint": sa.SmallInteger(),
+        "text": sa.Text(), "date": sa.Date(), "boolean": sa.Boolean(),
+        "double": sa.Double(), "timestamp": sa.DateTime(), "time": sa.Time(),
+        "timestamptz": sa.DateTime(timezone=True),
+    }
+    if t in fixed:
+        return fixed[t]
+    if t.startswith("numeric("):
+        p, _, sc = t[len("numeric(") : -1].partition(",")
+        return sa.Numeric(int(p), int(sc))
     if t.startswith("varchar("):
         return sa.String(int(t[len("varchar(") : -1]))
     raise ValueError(f"unknown column type {t!r}")
 
 
+def _key_type(view: ViewDef, t: ColumnType) -> sa.types.TypeEngine[Any]:
+    """The key column's type: a string key compares exactly, byte for byte — MariaDB's
+    default collations would make ``acme`` and ``ACME`` one row, and its ``_bin`` ones
+    ``a`` and ``a `` (``utf8mb4_nopad_bin`` does neither); on PostgreSQL ``COLLATE "C"``
+    orders by bytes, so ``verify``'s key ranges use the index."""
+    base = sa_type(t)
+    if view.key_type == "string" and isinstance(base, sa.String):
+        return (base.with_variant(sa.String(base.length, collation="utf8mb4_nopad_bin"),
+                                  "mysql", "mariadb")
+                .with_variant(sa.String(base.length, collation="C"), "postgresql"))
+    return base
+
+
 def view_table(view: ViewDef, metadata: sa.MetaData) -> sa.Table:
     """The SQLAlchemy table of a view definition."""
     cols = [
-        sa.Column(c.name, sa_type(c.type), primary_key=(c.name == view.key),
+        sa.Column(c.name, _key_type(view, c.type) if c.name == view.key else sa_type(c.type),
+                  primary_key=(c.name == view.key),
                   nullable=c.nullable and c.name != view.key, autoincrement=False)
         for c in view.columns
     ]
@@ -406,11 +422,15 @@ class ConsumerSink:
                     raise
         raise AssertionError("unreachable")
 
-    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[Key]:
         col = self.tables[view.name].c[view.key]
         with self.engine.connect() as conn:
-            return {int(k) for (k,) in conn.execute(
-                sa.select(col).where(col % shards == shard))}
+            if view.key_type == "int":
+                return {int(k) for (k,) in conn.execute(
+                    sa.select(col).where(col % shards == shard))}
+            # a stable hash the database cannot compute: every key, filtered here
+            return {str(k) for (k,) in conn.execute(sa.select(col))
+                    if shard_of(str(k), shards) == shard}
 
     def _varchar_widths(self, view: ViewDef) -> dict[str, int]:
         """The view table's VARCHAR columns and their widths as the database has them now
@@ -501,7 +521,7 @@ class DatabaseSink:
                 epochs[c.consumer], positions[c.consumer] = c.claim(shard, shards, owner)
         return Claim(shard, epochs, positions)
 
-    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[Key]:
         with _translated(f"read {view.name}"):
             for c in self.consumers:
                 if view.name in c.tables:

@@ -92,7 +92,7 @@ def _ends(settings: Settings) -> Positions:
 
 
 def _connector(settings: Settings, st: Status) -> None:
-    from app.connectors import ConnectClient, ConnectError
+    from app.connectors import ConnectClient, ConnectError, trace_line
 
     try:
         doc = ConnectClient(settings).status()
@@ -101,11 +101,18 @@ def _connector(settings: Settings, st: Status) -> None:
         return
     st.connector = str(doc.get("connector", {}).get("state", "unknown"))
     st.tasks = [str(t.get("state")) for t in doc.get("tasks", [])]
+    # A FAILED one says why; the workers' supervisors (app.supervisor) restart it.
+    healing = " (the workers restart it with backoff)" if settings.connector_supervise else ""
     if st.connector != "RUNNING":
-        st.problems.append(f"connector {settings.connector_name} is {st.connector}")
-    for i, state in enumerate(st.tasks):
+        why = (f": {trace_line(str(doc['connector'].get('trace', '')))}{healing}"
+               if st.connector == "FAILED" else "")
+        st.problems.append(f"connector {settings.connector_name} is {st.connector}{why}")
+    for i, task in enumerate(doc.get("tasks", [])):
+        state = st.tasks[i]
         if state != "RUNNING":
-            st.problems.append(f"connector task {i} is {state}")
+            why = (f": {trace_line(str(task.get('trace', '')))}{healing}"
+                   if state == "FAILED" else "")
+            st.problems.append(f"connector task {i} is {state}{why}")
     if not st.tasks:
         st.problems.append(f"connector {settings.connector_name} has no task")
 

@@ -1,11 +1,25 @@
 """``viewsync verify``: prove that every view equals the join of the source tables.
 
 Reads the source tables and each consumer view in chunks of keys (memory bounded by the
-chunk, whatever the catalogue's size), computes the rows each view must hold with the
-worker's own projection (``app.project``), and reports per view the rows that are missing,
-extra or different, with a few examples. A product-grain view is checked in ranges of
-product ids, a batch-grain view in ranges of batch ids (with the products those batches
-reference); categories and warranty types are read whole (they are small).
+chunk and the hierarchies' tables, whatever the catalogue's size), computes the rows each
+view must hold with the worker's own projection (``app.project``), and reports per view the
+rows that are missing, extra or different, with a few examples. No table or column is named
+here: the queries follow the declared graph (``app.graph``). A view is checked in
+consecutive ranges of its grain's key; with each range's grain rows come the rows they reach
+— every table the view reads, by the keys the rows reference (``IN`` lists, along every
+reference a column follows and every required one, recursively) — except a hierarchy's
+table, read whole (a path needs every ancestor) when first needed and again before each
+re-read.
+
+Keys are ranged and compared exactly (``app.graph``): an integer key as a number; a string
+key in byte order of its UTF-8 text (code point order: Python's own ``str`` order), whatever
+the columns' collations — on MariaDB as ``CAST(CONVERT(k USING utf8mb4) AS BINARY)``, on
+PostgreSQL as ``k COLLATE "C"`` — so the source range and the view range hold the same keys
+and every view row is compared exactly once, an extra one included. Rows read by key lists
+are filtered to the exact keys asked (a case-insensitive ``IN`` returns ``ACME`` for
+``acme``). The price of exactness: MariaDB serves no such expression from an index, and
+PostgreSQL only from an index in the "C" collation, so each range of a string key scans its
+table (verify time grows with the square of the rows; integer keys read index ranges).
 
 It only reads, so it may run while workers run: every row that differs is read again (source
 and view) once the workers have applied every change in flight. A difference that stays the
@@ -23,33 +37,30 @@ lag then, and says so.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from app.changes import SourceTable
-from app.decode import contract_columns
+from app.graph import Graph, Key, KeyType, Reference
 from app.positions import behind, records_to_go
 from app.project import project_many
 from app.reshard import shard_rows, written
 from app.settings import Settings
 from app.state import SourceState
 from app.topic_range import topic_ends
-from app.views import Grain, ViewDef
+from app.views import ViewDef
 
 Row = dict[str, Any]
-Bound = int | None  # None: unbounded
-
-
-def _cols(table: SourceTable) -> str:
-    """The SELECT list of ``table``: the contract's columns (``app.decode``), in order."""
-    return ", ".join(contract_columns(table))
-
+Bound = Key | None  # None: unbounded
 
 #: Drifted keys kept per view; past this many, resync the view instead of repairing rows.
 MAX_KEYS = 100_000
+
+#: Keys per ``IN (...)`` list.
+IN_CHUNK = 1000
 
 
 @dataclass
@@ -63,35 +74,157 @@ class ViewReport:
     examples: list[str] = field(default_factory=list)
     #: The keys of the rows that drifted (what ``verify --repair`` asks the workers to
     #: rewrite), at most :data:`MAX_KEYS`.
-    keys: list[int] = field(default_factory=list)
+    keys: list[Key] = field(default_factory=list)
 
     @property
     def drift(self) -> int:
         return self.missing + self.extra + self.different
 
 
-@dataclass
+# ------------------------------------------------------------------ key ranges (pure)
+@dataclass(frozen=True)
 class _Range:
     lo: Bound  # exclusive
     hi: Bound  # inclusive
 
 
-def _where(column: str, r: _Range) -> tuple[str, dict[str, int]]:
-    parts, params = [], {}
+def exact(sql: str, key_type: KeyType, dialect: str) -> str:
+    """``sql`` (a key column, a parameter) as an expression that orders and compares
+    exactly: an integer as itself; a string by the bytes of its UTF-8 text, whatever its
+    collation (MariaDB's default ones equate ``acme`` and ``ACME``, and even ``utf8mb4_bin``
+    ignores trailing spaces: a binary string does neither). UTF-8 byte order is code point
+    order, which is how Python orders ``str``."""
+    if key_type == "int":
+        return sql
+    if dialect == "postgresql":
+        return f'{sql} COLLATE "C"'  # byte order of the database's encoding (UTF-8)
+    if dialect in ("mysql", "mariadb"):
+        return f"CAST(CONVERT({sql} USING utf8mb4) AS BINARY)"
+    raise ValueError(f"verify: string keys on a {dialect!r} database are not supported "
+                     "(supported: mariadb, mysql, postgresql)")
+
+
+def _where(column: str, r: _Range, key_type: KeyType = "int", dialect: str = ""
+           ) -> tuple[str, dict[str, Key]]:
+    """The ``WHERE`` clause of the keys in ``r`` (``lo < key <= hi``), and its parameters."""
+    k = exact(column, key_type, dialect)
+    parts: list[str] = []
+    params: dict[str, Key] = {}
     if r.lo is not None:
-        parts.append(f"{column} > :lo")
+        parts.append(f"{k} > {exact(':lo', key_type, dialect)}")
         params["lo"] = r.lo
     if r.hi is not None:
-        parts.append(f"{column} <= :hi")
+        parts.append(f"{k} <= {exact(':hi', key_type, dialect)}")
         params["hi"] = r.hi
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
 
 
+def pages(page: Callable[[Bound], list[Row]], key: str, chunk: int
+          ) -> Iterator[tuple[_Range, list[Row]]]:
+    """Consecutive ranges covering every key, each with its rows: ``page(last)`` reads the
+    first ``chunk`` rows (in key order) with a key above ``last`` (``None``: from the
+    start). The first range is unbounded below, the last above, each starts where the one
+    before ends: every key, of either side, falls in exactly one."""
+    last: Bound = None
+    while True:
+        rows = page(last)
+        hi: Bound = rows[-1][key] if len(rows) == chunk else None
+        yield _Range(last, hi), rows
+        if hi is None:
+            return
+        last = hi
+
+
+def exact_rows(rows: Iterable[Row], key: str, wanted: Iterable[Key]) -> dict[Key, Row]:
+    """The rows whose ``key`` is one of ``wanted`` exactly, by key (an ``IN`` under a
+    case-insensitive or space-padding collation returns more)."""
+    keys = set(wanted)
+    return {r[key]: r for r in rows if r[key] in keys}
+
+
+# ------------------------------------------------------------------ reached rows (pure)
+def follows(view: ViewDef) -> dict[str, tuple[Reference, ...]]:
+    """Per source table, the references the projection of ``view`` may follow from its
+    rows: every required one (visibility rests on it) and every one a column reads
+    through."""
+    graph = view.graph
+    refs = {r for r in graph.references if r.required}
+    refs.update(ref for step in view.steps for ref in step.hops)
+    out: dict[str, list[Reference]] = {}
+    for r in graph.references:  # declaration order: a stable order of queries
+        if r in refs:
+            out.setdefault(r.source, []).append(r)
+    return {t: tuple(rs) for t, rs in out.items()}
+
+
+def _reach_order(grain: str, refs: Mapping[str, Sequence[Reference]]) -> list[str]:
+    """The tables reachable from ``grain`` along ``refs``, every referring table before the
+    tables it refers to (references between tables form no cycle)."""
+    done: set[str] = set()
+    post: list[str] = []
+
+    def visit(table: str) -> None:
+        if table in done:
+            return
+        done.add(table)
+        for ref in refs.get(table, ()):
+            visit(ref.target)
+        post.append(table)
+
+    visit(grain)
+    return post[::-1]
+
+
+def reached(view: ViewDef, grain_rows: Mapping[Key, Row],
+            fetch: Callable[[str, list[Key]], Iterable[Row]],
+            whole: Callable[[str], MutableMapping[Key, Row]]
+            ) -> dict[str, MutableMapping[Key, Row]]:
+    """The source tables the projection of ``grain_rows`` (rows of ``view``'s grain, by key)
+    reads: per table the rows it may reach, for :class:`~app.state.SourceState`.
+
+    ``fetch(table, keys)`` reads the rows of those keys (it may return more: only the keys
+    asked are kept); ``whole(table)`` reads a hierarchy's table whole (a path needs every
+    ancestor; the references of its rows are followed only from the rows reached). Each
+    table is read once, after every table that refers to it."""
+    graph: Graph = view.graph
+    refs = follows(view)
+    tables: dict[str, MutableMapping[Key, Row]] = {}
+    wanted: dict[str, set[Key]] = {}
+    for table in _reach_order(view.grain, refs):
+        source = graph.source(table)
+        rows: Mapping[Key, Row]
+        if table == view.grain:
+            rows = grain_rows
+            store: MutableMapping[Key, Row] = dict(grain_rows)
+            if source.hierarchy is not None:  # the chunk's rows over their ancestors
+                store = ChainMap(store, whole(table))
+        else:
+            keys = wanted.get(table, set())
+            if source.hierarchy is not None:
+                everything = whole(table)
+                rows = {k: everything[k] for k in keys if k in everything}
+                store = everything
+            else:
+                found = exact_rows(fetch(table, sorted(keys)), source.key, keys) if keys else {}
+                rows = store = found
+        for ref in refs.get(table, ()):
+            targets = wanted.setdefault(ref.target, set())
+            for row in rows.values():
+                value = row[ref.column]
+                if value is not None:
+                    targets.add(value)
+        tables[table] = store
+    return tables
+
+
+# ------------------------------------------------------------------ the verifier
 class Verifier:
     def __init__(self, settings: Settings, views: Sequence[ViewDef],
                  chunk: int = 5000, rechecks: int = 3, settle_s: float = 2.0,
                  wait_s: float = 120.0, examples: int = 5,
                  say: Callable[[str], None] = lambda _m: None) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk: at least 1 key per read, not {chunk}")
         self.settings = settings
         self.views = list(views)
         self.chunk = chunk
@@ -107,6 +240,8 @@ class Verifier:
         self.consumers = {v.consumer: sa.create_engine(settings.consumer_url(v.consumer),
                                                        pool_pre_ping=True) for v in self.views}
         self.rows_read = 0
+        #: Hierarchy tables read whole, until :meth:`_forget` (before each re-read).
+        self._whole: dict[str, dict[Key, Row]] = {}
 
     def close(self) -> None:
         self.source.dispose()
@@ -120,78 +255,95 @@ class Verifier:
         self.rows_read += len(rows)
         return rows
 
-    def _dimensions(self) -> tuple[dict[int, Row], dict[int, Row]]:
-        cats = {r["id"]: r for r in self._select(
-            self.source, f"SELECT {_cols('categories')} FROM categories")}
-        wts = {r["id"]: r for r in self._select(
-            self.source, f"SELECT {_cols('warranty_types')} FROM warranty_types")}
-        return cats, wts
-
-    def _ranges(self, table: SourceTable) -> Iterator[tuple[_Range, list[Row]]]:
-        """Consecutive key ranges of ``table`` covering every id, with their rows."""
-        cols = _cols(table)
-        last: Bound = None
-        while True:
-            where = "" if last is None else " WHERE id > :last"
-            rows = self._select(self.source, f"SELECT {cols} FROM {table}{where} ORDER BY id "
-                                f"LIMIT {self.chunk}", **({} if last is None else {"last": last}))
-            hi: Bound = rows[-1]["id"] if len(rows) == self.chunk else None
-            yield _Range(last, hi), rows
-            if hi is None:
-                return
-            last = hi
-
-    def _products(self, ids: set[int]) -> dict[int, Row]:
-        rows = self._by_keys(self.source, f"SELECT {_cols('products')} FROM products "
-                             "WHERE id IN :ids", sorted(ids))
-        return {r["id"]: r for r in rows}
-
-    def _by_keys(self, engine: sa.Engine, sql: str, keys: list[int]) -> list[Row]:
+    def _by_keys(self, engine: sa.Engine, sql: str, keys: Sequence[Key]) -> list[Row]:
+        """``sql`` (with ``IN :ids``) for ``keys``, :data:`IN_CHUNK` keys per query."""
         out: list[Row] = []
-        for i in range(0, len(keys), 1000):
+        for i in range(0, len(keys), IN_CHUNK):
             with engine.connect() as conn:
                 out += [dict(r) for r in conn.execute(sa.text(sql).bindparams(
-                    sa.bindparam("ids", expanding=True)), {"ids": keys[i:i + 1000]}).mappings()]
+                    sa.bindparam("ids", expanding=True)),
+                    {"ids": list(keys[i:i + IN_CHUNK])}).mappings()]
         self.rows_read += len(out)
         return out
 
-    def _pair(self, view: ViewDef, keys: list[int], dims: tuple[dict[int, Row],
-              dict[int, Row]]) -> tuple[dict[int, Row], dict[int, Row]]:
+    @staticmethod
+    def _quote(engine: sa.Engine, name: str) -> str:
+        """An identifier as ``engine``'s database needs it (as the sink created it)."""
+        return str(engine.dialect.identifier_preparer.quote(name))
+
+    def _source_select(self, graph: Graph, table: str) -> str:
+        """``SELECT <columns> FROM <table>``: every column the worker keeps of its rows."""
+        q = self._quote
+        cols = ", ".join(q(self.source, c) for c in graph.source(table).columns)
+        return f"SELECT {cols} FROM {q(self.source, table)}"
+
+    def _fetch(self, graph: Graph, table: str, keys: list[Key]) -> list[Row]:
+        key = self._quote(self.source, graph.source(table).key)
+        return self._by_keys(self.source, f"{self._source_select(graph, table)} "
+                             f"WHERE {key} IN :ids", keys)
+
+    def _whole_table(self, graph: Graph, table: str) -> dict[Key, Row]:
+        if table not in self._whole:
+            key = graph.source(table).key
+            self._whole[table] = {r[key]: r for r in self._select(
+                self.source, self._source_select(graph, table))}
+        return self._whole[table]
+
+    def _forget(self) -> None:
+        self._whole.clear()
+
+    def _ranges(self, view: ViewDef) -> Iterator[tuple[_Range, list[Row]]]:
+        """Consecutive key ranges of the view's grain covering every key, with their rows."""
+        graph, source = view.graph, view.graph.source(view.grain)
+        select = self._source_select(graph, view.grain)
+        k = exact(self._quote(self.source, source.key), source.key_type,
+                  self.source.dialect.name)
+        last = exact(":last", source.key_type, self.source.dialect.name)
+
+        def page(after: Bound) -> list[Row]:
+            where = "" if after is None else f" WHERE {k} > {last}"
+            return self._select(self.source, f"{select}{where} ORDER BY {k} LIMIT {self.chunk}",
+                                **({} if after is None else {"last": after}))
+
+        return pages(page, source.key, self.chunk)
+
+    def _pair(self, view: ViewDef, keys: list[Key]) -> tuple[dict[Key, Row], dict[Key, Row]]:
         """Expected and actual rows of ``keys`` of ``view``, read now."""
-        table = view.grain_table
-        rows = self._by_keys(self.source, f"SELECT {_cols(table)} FROM {table} "
-                             "WHERE id IN :ids", keys)
-        expected = self._expected(view, rows, dims)
-        cols = ", ".join(c.name for c in view.columns)
-        actual = {r[view.key]: r for r in self._by_keys(
-            self.consumers[view.consumer],
-            f"SELECT {cols} FROM {view.table} WHERE {view.key} IN :ids", keys)}
+        source = view.graph.source(view.grain)
+        rows = exact_rows(self._fetch(view.graph, view.grain, keys), source.key, keys)
+        expected = self._expected(view, rows, keys)
+        engine = self.consumers[view.consumer]
+        q = self._quote
+        cols = ", ".join(q(engine, c.name) for c in view.columns)
+        actual = exact_rows(self._by_keys(
+            engine, f"SELECT {cols} FROM {q(engine, view.table)} "
+            f"WHERE {q(engine, view.key)} IN :ids", keys), view.key, keys)
         return expected, actual
 
     # ------------------------------------------------------------------ checking
-    def _expected(self, view: ViewDef, rows: list[Row], dims: tuple[dict[int, Row],
-                  dict[int, Row]]) -> dict[int, Row]:
-        cats, wts = dims
-        if view.grain is Grain.PRODUCT:
-            state = SourceState(categories=cats, warranty_types=wts,
-                                products={r["id"]: r for r in rows})
-        else:
-            state = SourceState(categories=cats, warranty_types=wts,
-                                products=self._products({r["product_id"] for r in rows}),
-                                batches={r["id"]: r for r in rows})
-        return dict(project_many(state, view, [r["id"] for r in rows]).upserts)
+    def _expected(self, view: ViewDef, rows: Mapping[Key, Row],
+                  keys: Iterable[Key] | None = None) -> dict[Key, Row]:
+        """The rows ``view`` must hold for ``keys`` (default: those of ``rows``), from the
+        grain's ``rows`` and what they reach."""
+        graph = view.graph
+        tables = reached(view, rows, lambda t, ks: self._fetch(graph, t, ks),
+                         lambda t: self._whole_table(graph, t))
+        state = SourceState(graph, tables)
+        return dict(project_many(state, view, rows if keys is None else keys).upserts)
 
-    def _actual(self, view: ViewDef, r: _Range) -> dict[int, Row]:
-        cols = ", ".join(c.name for c in view.columns)
-        where, params = _where(view.key, r)
-        rows = self._select(self.consumers[view.consumer],
-                            f"SELECT {cols} FROM {view.table}{where}", **params)
+    def _actual(self, view: ViewDef, r: _Range) -> dict[Key, Row]:
+        engine = self.consumers[view.consumer]
+        q = self._quote
+        cols = ", ".join(q(engine, c.name) for c in view.columns)
+        where, params = _where(q(engine, view.key), r, view.key_type, engine.dialect.name)
+        rows = self._select(engine, f"SELECT {cols} FROM {q(engine, view.table)}{where}",
+                            **params)
         return {row[view.key]: row for row in rows}
 
     @staticmethod
-    def _differing(view: ViewDef, expected: Mapping[int, Row], actual: Mapping[int, Row]
-                   ) -> dict[int, tuple[Row | None, Row | None]]:
-        out: dict[int, tuple[Row | None, Row | None]] = {}
+    def _differing(view: ViewDef, expected: Mapping[Key, Row], actual: Mapping[Key, Row]
+                   ) -> dict[Key, tuple[Row | None, Row | None]]:
+        out: dict[Key, tuple[Row | None, Row | None]] = {}
         for key in expected.keys() | actual.keys():
             want, got = expected.get(key), actual.get(key)
             if want is None or got is None or any(
@@ -199,21 +351,22 @@ class Verifier:
                 out[key] = (want, got)
         return out
 
-    def _record(self, view: ViewDef, report: ViewReport, key: int,
+    def _record(self, view: ViewDef, report: ViewReport, key: Key,
                 pair: tuple[Row | None, Row | None]) -> None:
         want, got = pair
         if len(report.keys) < MAX_KEYS:
             report.keys.append(key)
+        at = f"{view.key}={_show(key)}"
         if got is None:
             report.missing += 1
-            self._example(report, f"missing {view.key}={key}: expected {want}")
+            self._example(report, f"missing {at}: expected {want}")
         elif want is None:
             report.extra += 1
-            self._example(report, f"extra {view.key}={key}: {got}")
+            self._example(report, f"extra {at}: {got}")
         else:
             report.different += 1
             bad = [c.name for c in view.columns if want.get(c.name) != got.get(c.name)]
-            self._example(report, f"{view.key}={key} differs in " + ", ".join(
+            self._example(report, f"{at} differs in " + ", ".join(
                 f"{c}: expected {want.get(c)!r}, got {got.get(c)!r}" for c in bad))
 
     # ------------------------------------------------------------------ waiting
@@ -253,13 +406,13 @@ class Verifier:
 
     def run(self) -> list[ViewReport]:
         t0 = time.monotonic()
-        dims = self._dimensions()
         reports = []
         for view in self.views:
             report = ViewReport(view.name)
-            suspects: dict[int, tuple[Row | None, Row | None]] = {}
-            for r, rows in self._ranges(view.grain_table):
-                expected = self._expected(view, rows, dims)
+            key = view.graph.source(view.grain).key
+            suspects: dict[Key, tuple[Row | None, Row | None]] = {}
+            for r, rows in self._ranges(view):
+                expected = self._expected(view, {row[key]: row for row in rows})
                 actual = self._actual(view, r)
                 report.checked += len(expected.keys() | actual.keys())
                 suspects.update(self._differing(view, expected, actual))
@@ -270,28 +423,33 @@ class Verifier:
                          f"once the changes in flight are applied ({attempt + 1}/"
                          f"{self.rechecks})")
                 self._settle(view)
-                dims = self._dimensions()
-                expected, actual = self._pair(view, sorted(suspects), dims)
+                self._forget()
+                expected, actual = self._pair(view, sorted(suspects))
                 now = self._differing(view, expected, actual)
-                changing: dict[int, tuple[Row | None, Row | None]] = {}
-                for key, pair in now.items():
-                    if pair == suspects.get(key) and not self.lagging:
-                        self._record(view, report, key, pair)  # the same difference: drift
+                changing: dict[Key, tuple[Row | None, Row | None]] = {}
+                for k, pair in now.items():
+                    if pair == suspects.get(k) and not self.lagging:
+                        self._record(view, report, k, pair)  # the same difference: drift
                     else:
-                        changing[key] = pair  # moved since the last read: in flight
+                        changing[k] = pair  # moved since the last read: in flight
                 suspects = changing
             if self.rechecks == 0:
-                for key, pair in suspects.items():
-                    self._record(view, report, key, pair)
+                for k, pair in suspects.items():
+                    self._record(view, report, k, pair)
             else:
                 report.unsettled = len(suspects)
-                for key in sorted(suspects)[: self.max_examples]:
-                    self._example(report, f"unsettled {view.key}={key}: still changing")
+                for k in sorted(suspects)[: self.max_examples]:
+                    self._example(report, f"unsettled {view.key}={_show(k)}: still changing")
             reports.append(report)
             self.say(f"{view.name}: {report.checked:,} rows checked, {report.drift} "
                      f"difference(s), {report.unsettled} unsettled "
                      f"({time.monotonic() - t0:.1f}s)")
         return reports
+
+
+def _show(key: Key) -> str:
+    """A key in a message: an integer as is, a string quoted (``'acme '`` shows its space)."""
+    return str(key) if isinstance(key, int) else repr(key)
 
 
 def verify(settings: Settings, views: Sequence[ViewDef], **kw: Any) -> list[ViewReport]:

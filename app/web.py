@@ -6,7 +6,7 @@ page, from a daemon thread of the pipeline process.
   (``app.status_model``: connector, every worker and its lag, each view's rows and
   staleness, dead letters; cached for a few seconds, the row counts for a minute), plus this
   worker's own history: rows/s and per-view freshness sampled every few seconds over the
-  last ten minutes;
+  last ten minutes, and the restarts of the source connector its supervisor made;
 * ``GET /`` — a page that shows all of that and refreshes itself: plain HTML, CSS and a
   little JavaScript in ``app/static/status.html`` (no build step), the chart an inline SVG.
 """
@@ -85,6 +85,8 @@ class Web:
             doc = dict(self._status[1])
         doc["worker"] = self.settings.member_name()
         doc["deployment"] = self.settings.worker_id
+        restarts, last = self.metrics.connector_restarts()  # by this worker's supervisor
+        doc["connector_restarts"] = {"count": restarts, "last": last}
         doc["history"] = list(self.history.samples)
         return doc
 

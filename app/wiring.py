@@ -20,6 +20,7 @@ from app.control import Command, ensure_control_topic, send
 from app.decode import Decoder, RegistrySchemas, SchemaSource
 from app.kafka_io import DeadLetterProducer, KafkaSource
 from app.loop import BatchLoop
+from app.messages import ConnectorHealth
 from app.metrics import Metrics
 from app.ownership import FENCED_GRACE_S, SourceLog
 from app.pipeline import Pipeline
@@ -50,19 +51,22 @@ def build_loop(settings: Settings, *, schemas: SchemaSource, store: StateStore,
 def build_pipeline(settings: Settings, schemas: SchemaSource, store: StateStore) -> Pipeline:
     """The decode → state → project core of ``settings`` (every shard active until a batch
     loop takes the shards over)."""
-    return Pipeline(Decoder(schemas, settings.topic_tables()), store, views=settings.views(),
-                    shards=settings.shards, control_topic=settings.control_topic())
+    definitions = settings.definitions()
+    return Pipeline(Decoder(schemas, settings.topic_tables(), definitions.graph), store,
+                    views=definitions.views, shards=settings.shards,
+                    control_topic=settings.control_topic())
 
 
 def open_store(settings: Settings, wait_s: float = 60.0) -> StateStore:
     """The configured store. A RocksDB directory still locked by the pipeline process of a
     worker that was just killed (it finishes its last write, then exits) is waited for."""
+    graph = settings.graph()
     if settings.worker_store != "rocksdb":
-        return MemoryStore()
+        return MemoryStore(graph)
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return RocksStore(settings.worker_dir() / "state")
+            return RocksStore(settings.worker_dir() / "state", graph)
         except Exception as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
@@ -80,7 +84,7 @@ class Components:
         self.sink = DatabaseSink(sink_urls(settings, views), views,
                                  settings.sink_idle_transaction_timeout_s)
         self.dead_letters = DeadLetterProducer(settings)
-        self.metrics = Metrics(worker=settings.member_name())
+        self.metrics = Metrics(worker=settings.member_name(), tables=settings.graph().names)
         self.loop = build_loop(settings, schemas=RegistrySchemas(registry_config(settings)),
                                store=self.store, sink=self.sink, source=KafkaSource(settings),
                                send_dead_letter=self.dead_letters.send, metrics=self.metrics)
@@ -92,6 +96,10 @@ class Components:
         behind = lag(highwaters, reached(t.written, t.state))
         self.metrics.lag(behind)
         self.metrics.caught_up(bool(behind) and not any(behind.values()))
+
+    def connector(self, health: ConnectorHealth) -> None:
+        """The source connector as the worker's supervisor saw it: connector metrics."""
+        self.metrics.connector(health.running, health.restarts, health.last_restart)
 
     async def prepare(self) -> None:
         """Create the view tables (waiting while a consumer DB is down); bring the state

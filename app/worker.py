@@ -35,6 +35,7 @@ from app.leases import ShardLeases
 from app.positions import reached, records_to_go
 from app.records import RawRecord
 from app.settings import Settings
+from app.supervisor import Supervisor
 
 log = logging.getLogger("viewsync.worker")
 
@@ -99,6 +100,8 @@ class Worker:
         self.app.agent(self.source, name="viewsync-views", concurrency=1)(self._agent)
         self.app.timer(settings.progress_interval_s)(self._report)
         self.app.timer(2.0)(self._ends)
+        self.supervisor = Supervisor(settings)  # restarts a FAILED source connector
+        self.app.timer(settings.connector_check_interval_s)(self._supervise)
         self.leases = ShardLeases(settings, host.own)
         self.app.task(self._leases)
         self._last = (time.monotonic(), 0)
@@ -185,6 +188,12 @@ class Worker:
 
     async def _ends(self) -> None:
         self.lag()  # hands the partitions' ends to the host (lag metrics)
+
+    async def _supervise(self) -> None:
+        """``app.supervisor``'s check (unless ``connector_supervise`` is off); the
+        connector's health goes to the host (connector metrics)."""
+        if self.settings.connector_supervise:
+            self.host.connector(await self.supervisor.check())
 
     async def _report(self) -> None:
         """One line per interval: caught up or not, rows/s, lag, freshness per view, shards

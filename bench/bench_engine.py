@@ -175,7 +175,7 @@ def new_pipeline() -> Pipeline:
     the worker's composition root."""
     settings = load_settings(topic_prefix="bench", source_database="engine", shards=1,
                              worker_store="memory")
-    return build_pipeline(settings, _NoRegistry(), MemoryStore())
+    return build_pipeline(settings, _NoRegistry(), MemoryStore(settings.graph()))
 
 
 def apply_and_project(pipeline: Pipeline, change: Change) -> int:
@@ -244,8 +244,8 @@ def one_repeat(cat: Catalog, mix: list[tuple[str, Change]], res: Results) -> Non
     res.add("rename apply seconds", t1 - t0)
     res.add("rename project seconds", t2 - t1)
     res.add("rename total seconds", t2 - t0)
-    res.info["rename products"] = len(affected.product_ids)
-    res.info["rename batches"] = len(affected.batch_ids)
+    res.info["rename products"] = len(affected.of("products"))
+    res.info["rename batches"] = len(affected.of("batches"))
     res.info["rename rows"] = sum(len(b) for b in views.values())
 
 

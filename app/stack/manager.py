@@ -353,7 +353,7 @@ class Stack:
 
 
 def ensure_source_topics(settings: Settings) -> list[str]:
-    """Create the four source topics, compacted, unless they exist.
+    """Create the source topics (one per declared table), compacted, unless they exist.
 
     The connector would create them the same way (``topic.creation.*``) with its first
     record, but a worker started before that subscribes to them, and the broker would then
@@ -362,12 +362,13 @@ def ensure_source_topics(settings: Settings) -> list[str]:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    from app.changes import SOURCE_TABLES
+    from app.connectors import partitioned_tables
 
     admin = AdminClient(kafka_config(settings))
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = {settings.topic(t): settings.source_partitions if t in ("products", "batches")
-              else 1 for t in SOURCE_TABLES if settings.topic(t) not in existing}
+    partitioned = set(partitioned_tables(settings))  # as the connector would create them
+    wanted = {settings.topic(t): settings.source_partitions if t in partitioned else 1
+              for t in settings.graph().names if settings.topic(t) not in existing}
     if not wanted:
         return []
     futures = admin.create_topics([

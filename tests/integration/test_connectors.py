@@ -20,3 +20,9 @@ def test_stored_config_has_no_secret(stack: Stack, settings: Settings) -> None:
     stored = client.current_config() or {}
     assert stored["database.password"] == "${env:VIEWSYNC_DB_PASSWORD}"
     assert settings.db_password.get_secret_value() not in str(stored)
+
+
+def test_the_connector_captures_every_declared_table(stack: Stack, settings: Settings) -> None:
+    stored = ConnectClient(settings).current_config() or {}
+    assert stored["table.include.list"].split(",") == [
+        f"{settings.source_database}.{t}" for t in settings.graph().names]

@@ -31,7 +31,8 @@ def _latest_record_of(settings: Settings, product_id: int
     """(partition, offset, key, value) of the newest record of ``product_id`` on the
     products topic (the last 200 records of each partition)."""
     topic = settings.topic("products")
-    decoder = Decoder(RegistrySchemas(settings.registry_url()), {topic: "products"})
+    decoder = Decoder(RegistrySchemas(settings.registry_url()), {topic: "products"},
+                      settings.graph())
     ends = end_offsets(settings, topic, partitions(settings, topic))
     found = None
     for r in read_range(settings, topic, {p: max(0, e - 200) for p, e in ends.items()}, ends):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import struct
 import subprocess
@@ -26,6 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from app.connectors import ConnectClient, ConnectError
 from app.settings import Settings
 from app.stack.manager import Stack
+from app.supervisor import all_running
 from app.topic_range import end_offsets, partitions
 from tests.integration.conftest import WorkerProcess, wait_converged, wait_live
 from tests.integration.faults import kill9, start_again, stop_clean
@@ -156,6 +158,94 @@ def test_registry_down_while_a_worker_starts_with_an_empty_schema_cache(
     wl.run(20)
     wait_converged(product_db, consumer_dbs, worker, timeout=RECOVERY_TIMEOUT)
     assert _dead_letter_end(settings) == before, "good records were dead-lettered"
+
+
+# ------------------------------------------------------------------ the connector heals itself
+#: How long the registry stays down, and how long the connector may take to run again after.
+REGISTRY_DOWN_S = 25.0
+HEAL_TIMEOUT = 180.0
+
+
+def test_registry_outage_after_a_connect_restart_heals_without_a_manual_restart(
+    stack: Stack, settings: Settings, product_db: sa.Engine,
+    consumer_dbs: dict[str, sa.Engine], worker: WorkerProcess,
+) -> None:
+    """Kafka Connect SIGKILLed and started again (its converters' schema caches cold), then
+    the registry stopped for 25 s while source changes are made: the source task fails at its
+    first record (Connect's error retries do not cover the Apicurio converter's registry
+    errors) — and runs again by itself once the registry is back, with no `viewsync connectors
+    restart`: the worker's supervisor (``app.supervisor``) restarts the FAILED task with
+    backoff and says so in its log. Every view exact again.
+
+    ``VIEWSYNC_TEST_SUPERVISE=false`` runs the same with the worker's supervisor off: then the
+    test fails (the task stays FAILED), and heals the connector itself for the tests after it.
+    """
+    supervise = os.environ.get("VIEWSYNC_TEST_SUPERVISE", "true") != "false"
+    client = ConnectClient(settings)
+    client.apply()  # this checkout's config: its error-retry settings
+    client.wait_running(timeout=120)
+    env = dict(worker.env)
+    if not supervise:
+        worker.stop()
+        worker.env = dict(env, VIEWSYNC_CONNECTOR_SUPERVISE="false")
+        worker.start()
+    try:
+        wait_live(product_db, consumer_dbs, worker)
+        logged = len(worker.log.read_text(errors="replace"))
+        wl = _seeded(product_db)
+        wl.run(40)
+        kill9(stack, "connect")
+        start_again(stack, "connect")
+        stop_clean(stack, "registry")  # before the restarted task has converted a record
+        failed = ""
+        try:
+            deadline = time.monotonic() + REGISTRY_DOWN_S
+            while time.monotonic() < deadline:
+                wl.run(3)
+                failed = failed or next((t.get("trace", "") for t in _status(client)
+                                         .get("tasks", []) if t["state"] == "FAILED"), "")
+                time.sleep(0.5)
+        finally:
+            start_again(stack, "registry")
+        assert failed, ("the source task never failed while the registry was down: this test "
+                        "no longer exercises the heal (did the converters keep their caches?)")
+        print("the task failed:", failed.strip().splitlines()[0][:300])
+        t0 = time.monotonic()
+        st = _status(client)
+        while not all_running(st):
+            assert time.monotonic() - t0 < HEAL_TIMEOUT, (
+                f"the connector did not run again within {HEAL_TIMEOUT:.0f}s of the registry's "
+                f"return (nothing restarted it): {st}\n--- worker log ---\n{worker.tail()}")
+            time.sleep(1)
+            st = _status(client)
+        print(f"connector RUNNING again {time.monotonic() - t0:.1f}s after the registry's return")
+        wl.run(30)
+        wait_converged(product_db, consumer_dbs, worker, timeout=RECOVERY_TIMEOUT)
+        restarts = [ln for ln in worker.log.read_text(errors="replace")[logged:].splitlines()
+                    if "viewsync.supervisor" in ln and "restarting it" in ln]
+        assert restarts, "the connector runs again, but the worker's supervisor never said so"
+        print(f"{len(restarts)} restart(s) by the supervisor; the first: {restarts[0][:300]}")
+        assert worker.alive(), worker.tail()
+    finally:
+        try:
+            client.wait_running(timeout=10)
+        except ConnectError as exc:
+            print(f"the connector is not running ({str(exc)[:200]}): restarted for the tests "
+                  "after this one")
+            client.restart(only_failed=True)
+            client.wait_running(timeout=120)
+        if not supervise:
+            worker.stop()
+            worker.env = env
+            worker.start()
+
+
+def _status(client: ConnectClient) -> dict[str, Any]:
+    """The connector's status now (empty while Connect is still starting)."""
+    try:
+        return client.status()
+    except ConnectError:
+        return {}
 
 
 # ------------------------------------------------------------------ poison records

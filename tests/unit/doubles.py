@@ -56,9 +56,9 @@ async def no_dead_letters(dl: DeadLetter) -> None:
 def memory_pipeline(schemas: Any = None, store: StateStore | None = None,
                     **settings: Any) -> Pipeline:
     """The worker's decode → state → project core (``build_pipeline``), every shard active."""
-    return build_pipeline(deployment_settings(**settings),
-                          schemas if schemas is not None else DictSchemas(),
-                          store if store is not None else MemoryStore())
+    s = deployment_settings(**settings)
+    return build_pipeline(s, schemas if schemas is not None else DictSchemas(),
+                          store if store is not None else MemoryStore(s.graph()))
 
 
 def memory_loop(sink: MemorySink, *, store: StateStore | None = None,
@@ -66,9 +66,9 @@ def memory_loop(sink: MemorySink, *, store: StateStore | None = None,
                 send_dead_letter: Callable[[DeadLetter], Awaitable[None]] = no_dead_letters,
                 metrics: Metrics | None = None, **settings: Any) -> BatchLoop:
     """The worker's batch loop (``build_loop``) over doubles in memory."""
-    return build_loop(deployment_settings(**settings),
-                      schemas=schemas if schemas is not None else DictSchemas(),
-                      store=store if store is not None else MemoryStore(), sink=sink,
+    s = deployment_settings(**settings)
+    return build_loop(s, schemas=schemas if schemas is not None else DictSchemas(),
+                      store=store if store is not None else MemoryStore(s.graph()), sink=sink,
                       source=source if source is not None else LogSource(),
                       send_dead_letter=send_dead_letter, metrics=metrics)
 

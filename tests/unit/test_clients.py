@@ -45,7 +45,10 @@ def secure(ca: Path) -> Settings:
 
 def test_plaintext_is_the_plain_bootstrap() -> None:
     s = load_settings()
-    assert kafka_config(s) == {"bootstrap.servers": s.bootstrap()}
+    conf = kafka_config(s)
+    assert conf.pop("logger").extra == {"kafka_bootstrap": s.bootstrap()}  # app.client_logs
+    assert callable(conf.pop("error_cb"))
+    assert conf == {"bootstrap.servers": s.bootstrap()}
     assert kafka_config(s, {"group.id": "g"})["group.id"] == "g"
     assert java_kafka_properties(s) == {}
     assert registry_config(s) == {"url": s.registry_url()}

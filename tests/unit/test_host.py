@@ -12,6 +12,7 @@ import pytest
 
 from app.host import HostClient, Inbox, InProcess, PipelineFailed, serve
 from app.loop import BatchLoop
+from app.messages import ConnectorHealth
 from app.positions import Positions
 from app.records import RawRecord
 from app.worker import hand_over
@@ -118,6 +119,9 @@ def test_a_failure_of_the_in_process_host_reaches_the_worker_and_nothing_is_acke
             pass
 
         def ends(self, highwaters: Positions) -> None:
+            pass
+
+        def connector(self, health: ConnectorHealth) -> None:
             pass
 
         def close(self) -> None:

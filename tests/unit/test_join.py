@@ -1,42 +1,42 @@
-"""Tests of the join engine: fan-out, indexes, and convergence of incrementally kept views.
+"""Tests of the join engine over the bundled example (the demo's four tables): fan-out,
+indexes, and convergence of incrementally kept views.
 
-The views are checked against :func:`reference_views`, a deliberately naive join over the
-final tables written here from the contract, independent of ``app.project``.
+The views are checked against two oracles, neither of which uses ``app.project``:
+:func:`reference_views`, a deliberately naive join of the demo's three views written here
+from the contract, and the generic reference join over the declared graph
+(``tests.unit.reference``). The second example schema is in test_catalog.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
-import os
 import tempfile
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.changes import Change, Op, SourceTable
-from app.join import (
-    CATEGORY_PRODUCTS,
-    CHILDREN,
-    PRODUCT_BATCHES,
-    WARRANTY_PRODUCTS,
-    Affected,
-    JoinEngine,
-    SourceState,
-)
-from app.state import MemoryStore, RocksStore, StateStore
-from app.views import bundled_views
-from tests.unit.doubles import memory_pipeline
+from app.changes import Change
+from app.join import Affected, JoinEngine, SourceState
+from app.state import RocksStore, StateStore
+from app.views import bundled_definitions
+from tests.unit import harness
+from tests.unit.harness import PROPERTY_EXAMPLES, History, Space, converge, histories
 
 Rows = dict[int, dict[str, Any]]
 BIG = 2**40 + 7
+DEFS = bundled_definitions()
+GRAPH = DEFS.graph
+VIEWS = DEFS.views
+#: The reverse indexes of the bundled graph: "<table>.<reference>", "<table>.children".
+CHILDREN, CATEGORY_PRODUCTS = "categories.children", "products.category"
+WARRANTY_PRODUCTS, PRODUCT_BATCHES = "products.warranty", "batches.product"
 
 # --- rows ----------------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ def batch(id_: int, product: int, no: str | None = None) -> dict[str, Any]:
     }
 
 
-# --- the naive reference join --------------------------------------------------------------
+# --- the naive reference join of the demo --------------------------------------------------
 
 
 def ref_path(categories: Rows, category_id: int) -> str | None:
@@ -149,111 +149,36 @@ def reference_views(
     }
 
 
-def reference_of(state: SourceState) -> dict[str, Rows]:
+def demo_oracle(tables: Mapping[str, Rows]) -> dict[str, Rows]:
     return reference_views(
-        dict(state.categories),
-        dict(state.warranty_types),
-        dict(state.products),
-        dict(state.batches),
+        dict(tables["categories"]),
+        dict(tables["warranty_types"]),
+        dict(tables["products"]),
+        dict(tables["batches"]),
     )
 
 
 def test_reference_covers_every_view() -> None:
-    assert set(reference_views({}, {}, {}, {})) == {v.name for v in bundled_views()}
+    assert set(reference_views({}, {}, {}, {})) == {v.name for v in VIEWS}
 
 
-# --- a worker without Kafka: engine + projection + sinks -----------------------------------
+# --- a worker without Kafka over the bundled example ---------------------------------------
 
 
-@dataclass
-class Harness:
-    """The worker's pipeline (``Pipeline.apply`` → ``take_batch`` → ``commit``) over a state
-    store, with one in-memory sink per view, kept as the worker keeps the real ones."""
-
-    store: StateStore = field(default_factory=MemoryStore)
-    sinks: dict[str, Rows] = field(default_factory=lambda: {v.name: {} for v in bundled_views()})
-
-    def __post_init__(self) -> None:
-        self.pipeline = memory_pipeline(store=self.store)
-
-    @property
-    def engine(self) -> JoinEngine:
-        return self.pipeline.engine
-
-    @property
-    def state(self) -> SourceState:
-        return self.store.state
-
-    def apply(self, change: Change, prune: bool = True) -> Affected:
-        affected = self.pipeline.apply(change, prune=prune)
-        self.flush()
-        return affected
-
-    def crash_after_state_commit(self, changes: list[Change]) -> None:
-        """The worker committed the state of a batch holding ``changes`` and died before the
-        sink write: the restarted worker redoes them over the state that already holds
-        them, one replayed batch at a time."""
-        for change in changes:
-            self.pipeline.apply(change)
-        self.pipeline.take_batch()  # the rows never reach the sinks
-        self.pipeline.commit()
-        self.restart()
-        for change in changes:
-            self.redo(change)
-
-    def redo(self, change: Change) -> None:
-        self.pipeline.redo(change)
-        self.flush()
-
-    def flush(self) -> None:
-        views, _changes = self.pipeline.take_batch()
-        self.pipeline.commit()
-        for name, batch in views.items():
-            sink = self.sinks[name]
-            sink.update(batch.upserts)
-            for key in batch.deletes:
-                sink.pop(key, None)
-
-    def put(self, table: SourceTable, row: dict[str, Any], op: Op = "u") -> Affected:
-        return self.apply(Change(table, row["id"], after=row, op=op))
-
-    def delete(self, table: SourceTable, key: int, tombstone: bool = False) -> Affected:
-        affected = self.apply(Change(table, key, after=None, op="d"))
-        if tombstone:
-            affected = self.apply(Change(table, key, after=None, op="t"))
-        return affected
-
-    def restart(self) -> None:
-        """A new pipeline over the same (persisted) store, as after a worker restart."""
-        self.pipeline = memory_pipeline(store=self.store)
-
-    def view(self, name: str) -> Rows:
-        return self.sinks[name]
-
-    def check(self) -> None:
-        """Sinks equal the reference join of the state; indexes equal rebuilt ones."""
-        assert self.sinks == reference_of(self.state)
-        assert_indexes_rebuildable(self.engine)
-
-
-def copy_state(state: SourceState) -> SourceState:
-    """The rows only: the indexes of the copy are rebuilt from them."""
-    return SourceState(
-        categories={k: dict(v) for k, v in state.categories.items()},
-        warranty_types={k: dict(v) for k, v in state.warranty_types.items()},
-        products={k: dict(v) for k, v in state.products.items()},
-        batches={k: dict(v) for k, v in state.batches.items()},
-    )
+def Harness(store: StateStore | None = None, kind: str = "core") -> harness.Harness:
+    """The harness over the bundled example, checked against both oracles."""
+    return harness.Harness(DEFS, store=store, pipeline_kind=kind,  # type: ignore[arg-type]
+                           oracles=(demo_oracle,))
 
 
 def assert_indexes_rebuildable(engine: JoinEngine) -> None:
-    assert engine.indexes() == JoinEngine(copy_state(engine.state)).indexes()
+    harness.assert_indexes_rebuildable(engine)
 
 
 ORDER, PPROD, PBATCH = "order.product_view", "purchase.product_view", "purchase.batch_view"
 
 
-def small_catalog(h: Harness) -> None:
+def small_catalog(h: harness.Harness) -> None:
     """root(1) > mid(2) > leaf(3); other root(4); products 10 (leaf), 11 (mid), 12 (other)."""
     for row in (cat(1, None, "Root"), cat(2, 1, "Mid"), cat(3, 2, "Leaf"), cat(4, None, "Other")):
         h.put("categories", row, op="r")
@@ -266,8 +191,12 @@ def small_catalog(h: Harness) -> None:
     h.check()
 
 
-def paths(h: Harness) -> dict[int, str]:
+def paths(h: harness.Harness) -> dict[int, str]:
     return {k: v["category_path"] for k, v in h.view(ORDER).items()}
+
+
+def written_to(affected: Affected) -> list[str]:
+    return [v.name for v in VIEWS if affected.keys_for(v)]
 
 
 # --- fan-out -------------------------------------------------------------------------------
@@ -276,46 +205,69 @@ def paths(h: Harness) -> dict[int, str]:
 def test_affected_keys_per_table() -> None:
     h = Harness()
     small_catalog(h)
+    # a hierarchy row reaches its subtree, then every row referencing one of them
     assert h.put("categories", cat(2, 1, "Mid2")) == Affected(
-        "categories", frozenset({10, 11}), frozenset({100, 101, 110}), frozenset({"name"})
+        "categories",
+        {"categories": frozenset({2, 3}), "products": frozenset({10, 11}),
+         "batches": frozenset({100, 101, 110})},
+        frozenset({"name"}),
     )
     assert h.put("warranty_types", wt(1, "Basic", 6)) == Affected(
-        "warranty_types", frozenset({10}), frozenset({100, 101}), frozenset({"months"})
+        "warranty_types",
+        {"warranty_types": frozenset({1}), "products": frozenset({10}),
+         "batches": frozenset({100, 101})},
+        frozenset({"months"}),
     )
     assert h.put("products", prod(11, 2, name="x")) == Affected(
-        "products", frozenset({11}), frozenset({110}), frozenset({"name"})
+        "products", {"products": frozenset({11}), "batches": frozenset({110})},
+        frozenset({"name"})
     )
     assert h.put("batches", batch(120, 12, "z")) == Affected(
-        "batches", frozenset(), frozenset({120}), frozenset({"batch_no"})
+        "batches", {"batches": frozenset({120})}, frozenset({"batch_no"})
     )
+
+
+def test_keys_for_a_view_are_the_affected_keys_of_its_grain() -> None:
+    h = Harness()
+    small_catalog(h)
+    affected = h.put("categories", cat(1, None, "Top"))
+    by_view = {v.name: affected.keys_for(v) for v in VIEWS}
+    assert by_view == {ORDER: {10, 11}, PPROD: set(), PBATCH: {100, 101, 110}}  # PPROD: code
+    assert affected.of("categories") == {1, 2, 3} and affected.of("warranty_types") == set()
 
 
 def test_a_change_is_written_only_to_the_views_that_read_its_columns() -> None:
     h = Harness()
     small_catalog(h)
-    p = h.state.products[10]
+    p = h.state.store("products")[10]
     affected = h.put("products", dict(p, price=Decimal("1.50")))
     assert affected.changed == {"price"}
-    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER]
+    assert written_to(affected) == [ORDER]
     # a category code is read by purchase.product_view only; its name by both paths
     affected = h.put("categories", cat(3, 2, "Leaf", code="NEW"))
-    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [PPROD]
+    assert written_to(affected) == [PPROD]
     affected = h.put("categories", cat(3, 2, "Leaf2", code="NEW"))
-    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER, PBATCH]
+    assert written_to(affected) == [ORDER, PBATCH]
     # a join column reaches every view that joins through it
     affected = h.put("products", dict(p, price=Decimal("1.50"), category_id=2))
-    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER, PPROD, PBATCH]
+    assert written_to(affected) == [ORDER, PPROD, PBATCH]
+    # an optional reference nobody reads through: only the views that follow it
+    affected = h.put("products", dict(p, price=Decimal("1.50"), category_id=2, warranty_type_id=2))
+    assert written_to(affected) == [ORDER, PBATCH]
     # the same row again (a duplicate) is never pruned
-    affected = h.put("products", dict(p, price=Decimal("1.50"), category_id=2))
+    affected = h.put("products", dict(p, price=Decimal("1.50"), category_id=2, warranty_type_id=2))
     assert affected.changed is None
-    assert [v.name for v in bundled_views() if affected.keys_for(v)] == [ORDER, PPROD, PBATCH]
+    assert written_to(affected) == [ORDER, PPROD, PBATCH]
+    # a warranty is not read by purchase.product_view at all
+    affected = h.put("warranty_types", wt(2, "Long", 37))
+    assert written_to(affected) == [ORDER, PBATCH]
     h.check()
 
 
 def test_a_replay_over_a_state_ahead_of_the_views_redoes_every_view() -> None:
     h = Harness()
     small_catalog(h)
-    p = h.state.products[10]
+    p = h.state.store("products")[10]
     v2 = Change("products", 10, after=dict(p, name="renamed"))
     v3 = Change("products", 10, after=dict(p, name="renamed", price=Decimal("2.00")))
     # the state holds v2 and v3, the views hold neither (crash before the sink write)
@@ -331,6 +283,18 @@ def test_a_replay_over_a_state_ahead_of_the_views_redoes_every_view() -> None:
     h.check()
 
 
+def test_a_replay_applied_without_pruning_redoes_every_view() -> None:
+    h = Harness()
+    small_catalog(h)
+    p = h.state.store("products")[10]
+    h.pipeline.apply(Change("products", 10, after=dict(p, name="renamed")))
+    h.pipeline.take_batch()  # lost
+    affected = h.apply(Change("products", 10, after=dict(p, name="renamed", price=Decimal(2))),
+                       prune=False)
+    assert affected.changed is None and written_to(affected) == [ORDER, PPROD, PBATCH]
+    h.check()
+
+
 def test_affected_ignores_before_image_and_replays_recompute_same_keys() -> None:
     h = Harness()
     small_catalog(h)
@@ -338,8 +302,8 @@ def test_affected_ignores_before_image_and_replays_recompute_same_keys() -> None
     change = Change("products", 11, after=prod(11, 3, None), before=bogus, op="u")
     first = h.apply(change)
     again = h.apply(change)
-    assert (first.product_ids, first.batch_ids) == (frozenset({11}), frozenset({110}))
-    assert (again.product_ids, again.batch_ids) == (first.product_ids, first.batch_ids)
+    assert first.keys == {"products": {11}, "batches": {110}}
+    assert again.keys == first.keys
     assert again.changed is None  # nothing changed: a duplicate is never pruned
     assert h.engine.indexes()[CATEGORY_PRODUCTS][3] == {10, 11}
     assert 11 not in h.engine.indexes()[CATEGORY_PRODUCTS].get(4, frozenset())
@@ -352,6 +316,7 @@ def test_indexes_keyed_by_missing_referenced_rows() -> None:
     h.put("products", prod(8, 99, 5))
     h.put("categories", cat(3, 42, "c"))
     idx = h.engine.indexes()
+    assert set(idx) == {CHILDREN, CATEGORY_PRODUCTS, WARRANTY_PRODUCTS, PRODUCT_BATCHES}
     assert idx[PRODUCT_BATCHES] == {7: {1}}
     assert idx[CATEGORY_PRODUCTS] == {99: {8}}
     assert idx[WARRANTY_PRODUCTS] == {5: {8}}
@@ -359,11 +324,20 @@ def test_indexes_keyed_by_missing_referenced_rows() -> None:
     h.check()
 
 
+def test_a_null_optional_reference_is_in_no_index() -> None:
+    h = Harness()
+    h.put("products", prod(8, 1, None))
+    assert h.engine.indexes()[WARRANTY_PRODUCTS] == {}
+    h.put("products", prod(8, 1, 3))
+    h.put("products", prod(8, 1, None))
+    assert h.engine.indexes()[WARRANTY_PRODUCTS] == {}
+
+
 def test_delete_of_missing_row_is_a_noop() -> None:
     h = Harness()
     for table in ("categories", "warranty_types", "products", "batches"):
-        h.delete(table, 5, tombstone=True)  # type: ignore[arg-type]
-    assert h.state == SourceState()
+        h.delete(table, 5, tombstone=True)
+    assert h.state == SourceState(GRAPH)
     h.check()
 
 
@@ -371,11 +345,11 @@ def test_rows_are_stored_as_fresh_dicts_never_mutated() -> None:
     h = Harness()
     row = cat(1, None, "A")
     h.put("categories", row)
-    stored = h.state.categories[1]
+    stored = h.state.store("categories")[1]
     assert stored == row and stored is not row
     h.put("categories", cat(1, None, "B"))
     assert stored["name"] == "A"  # the old dict was replaced, not edited
-    assert h.state.categories[1]["name"] == "B"
+    assert h.state.store("categories")[1]["name"] == "B"
 
 
 def test_fan_out_does_not_scan_unrelated_products() -> None:
@@ -385,7 +359,8 @@ def test_fan_out_does_not_scan_unrelated_products() -> None:
     for i in range(1000):
         h.put("products", prod(i, 2))
     affected = h.put("categories", cat(1, None, "A2"))
-    assert affected.product_ids == frozenset()
+    assert affected.of("products") == frozenset()
+    assert affected.keys == {"categories": {1}}
 
 
 # --- named hard cases ----------------------------------------------------------------------
@@ -407,6 +382,7 @@ def test_subtree_move_rewrites_paths_and_code_unchanged() -> None:
     h.put("categories", cat(2, 4, "Mid"))
     assert paths(h) == {10: "Other > Mid > Leaf", 11: "Other > Mid", 12: "Other"}
     assert h.view(PBATCH)[100]["category_path"] == "Other > Mid > Leaf"
+    assert h.view(PPROD)[10]["category_code"] == "C3"
     h.check()
 
 
@@ -461,10 +437,10 @@ def test_warranty_change_fans_out_to_batches() -> None:
 @pytest.mark.parametrize(
     "order", list(itertools.permutations(["batches", "products", "categories"]))
 )
-def test_deletes_in_every_order(order: tuple[SourceTable, ...]) -> None:
+def test_deletes_in_every_order(order: tuple[str, ...]) -> None:
     h = Harness()
     small_catalog(h)
-    keys: dict[SourceTable, list[int]] = {
+    keys: dict[str, list[int]] = {
         "batches": [100, 101, 110, 120],
         "products": [10, 11, 12],
         "categories": [3, 1, 2, 4],
@@ -474,7 +450,8 @@ def test_deletes_in_every_order(order: tuple[SourceTable, ...]) -> None:
             h.delete(table, key, tombstone=key % 2 == 0)
             h.check()
     assert h.sinks == {ORDER: {}, PPROD: {}, PBATCH: {}}
-    assert not h.state.products and not h.state.batches and not h.state.categories
+    for table in ("products", "batches", "categories"):
+        assert not dict(h.state.store(table))
 
 
 def test_deleting_middle_category_hides_subtree_and_reinsert_restores() -> None:
@@ -507,8 +484,8 @@ def test_snapshot_reads_again_after_restart_are_harmless() -> None:
     h.restart()
     # a re-snapshot delivers every current row again as 'r'
     for table in ("batches", "products", "categories", "warranty_types"):
-        for row in list(h.state.store(table).values()):  # type: ignore[arg-type]
-            h.put(table, dict(row), op="r")  # type: ignore[arg-type]
+        for row in list(h.state.store(table).values()):
+            h.put(table, dict(row), op="r")
     assert h.sinks == before
     h.check()
 
@@ -532,7 +509,7 @@ def test_self_parent_category() -> None:
     h.put("categories", cat(1, 1, "Self"))
     h.put("products", prod(5, 1))
     affected = h.put("categories", cat(1, 1, "Self2"))
-    assert affected.product_ids == {5}
+    assert affected.of("products") == {5} and affected.of("categories") == {1}
     assert h.view(ORDER) == {}
     h.put("categories", cat(1, None, "Self"))
     assert paths(h) == {5: "Self"}
@@ -555,6 +532,12 @@ def test_primary_key_change_is_delete_plus_insert() -> None:
     h.put("products", prod(13, 5, 2))
     assert h.view(ORDER)[13]["category_path"] == "Other"
     assert h.view(PPROD)[13]["category_code"] == "C5"
+    # a parent's key change: its children are orphans until repointed
+    h.delete("categories", 2)
+    h.put("categories", cat(6, 1, "Mid"), op="c")
+    assert 10 not in h.view(ORDER)
+    h.put("categories", cat(3, 6, "Leaf"))
+    assert h.view(ORDER)[10]["category_path"] == "Root > Mid > Leaf"
     h.check()
 
 
@@ -583,237 +566,107 @@ def test_restart_rebuilds_equal_indexes_and_continues() -> None:
     h.check()
 
 
-# --- property: random histories, any interleaving, replays, restarts -----------------------
+def test_restart_on_rocksdb_rebuilds_equal_indexes_and_continues(tmp_path: Path) -> None:
+    store = RocksStore(tmp_path, GRAPH)
+    h = Harness(store=store)
+    small_catalog(h)
+    h.put("categories", cat(2, 4, "Mid"))
+    h.put("batches", batch(130, 99))  # an index entry keyed by a missing row
+    old = h.engine.indexes()
+    sinks = {k: dict(v) for k, v in h.sinks.items()}
+    store.close()
+    h = Harness(store=RocksStore(tmp_path, GRAPH))
+    h.sinks = sinks
+    try:
+        assert h.engine.indexes() == old
+        h.engine.rebuild_indexes()
+        assert h.engine.indexes() == old
+        h.put("categories", cat(4, None, "Other2"))
+        assert paths(h)[10] == "Other2 > Mid > Leaf"
+        h.put("products", prod(99, 1))
+        assert h.view(PBATCH)[130]["category_path"] == "Root"
+        h.check()
+    finally:
+        assert h.store is not None
+        h.store.close()
 
-PROPERTY_EXAMPLES = int(os.environ.get("VIEWSYNC_PROPERTY_EXAMPLES", "200"))
+
+# --- property: random histories, any interleaving, replays, restarts -----------------------
 
 CAT_IDS = [1, 2, 3, 4, 5, 6, BIG]
 WT_IDS = [1, 2, 3]
 PROD_IDS = [1, 2, 3, 4, 5, 6, 7, 8, BIG + 1]
 BATCH_IDS = [*range(1, 11), 2**41]
-KEY_SPACE: dict[SourceTable, list[int]] = {
-    "categories": CAT_IDS,
-    "warranty_types": WT_IDS,
-    "products": PROD_IDS,
-    "batches": BATCH_IDS,
-}
 NAMES = st.sampled_from(["a", "b", "c"])
-# references lean towards the low ids, which the key lists below favour too
-CAT_REFS = [1, 1, 2, 2, 3, *CAT_IDS]
-PROD_REFS = [1, 1, 2, 2, 3, *PROD_IDS]
-MIN_KEYS: dict[SourceTable, int] = {
-    "categories": 3,
-    "warranty_types": 1,
-    "products": 2,
-    "batches": 2,
-}
 
-
-def row_strategy(table: SourceTable, key: int) -> st.SearchStrategy[dict[str, Any]]:
-    fixed: dict[str, st.SearchStrategy[Any]] = {"id": st.just(key)}
-    if table == "categories":
-        fixed |= {
-            "parent_id": st.none() | st.sampled_from(CAT_REFS),
-            "code": st.sampled_from(["x", "y"]),
-            "name": NAMES,
-        }
-    elif table == "warranty_types":
-        fixed |= {"name": NAMES, "months": st.sampled_from([0, 12, 24])}
-    elif table == "products":
-        fixed |= {
+SPACE = Space(
+    GRAPH,
+    keys={"categories": CAT_IDS, "warranty_types": WT_IDS, "products": PROD_IDS,
+          "batches": BATCH_IDS},
+    # references lean towards the low ids, which the key lists favour too
+    dangling={"categories": 99, "warranty_types": 4, "products": 98, "batches": 97},
+    values={
+        "categories": {"code": st.sampled_from(["x", "y"]), "name": NAMES},
+        "warranty_types": {"name": NAMES, "months": st.sampled_from([0, 12, 24])},
+        "products": {
             "sku": st.sampled_from(["s1", "s2"]),
             "name": NAMES,
-            "category_id": st.sampled_from(CAT_REFS),
-            "warranty_type_id": st.none() | st.sampled_from([*WT_IDS, 4]),
             "unit": st.sampled_from(["pcs", "kg"]),
             "price": st.sampled_from([Decimal("1.00"), Decimal("2.50")]),
             "status": st.sampled_from(["active", "retired"]),
-        }
-    else:
-        fixed |= {
-            "product_id": st.sampled_from(PROD_REFS),
+        },
+        "batches": {
             "batch_no": NAMES,
             "manufactured_on": st.none() | st.just(date(2024, 5, 1)),
             "expires_on": st.none() | st.just(date(2026, 1, 31)),
-        }
-    return st.fixed_dictionaries(fixed)
+        },
+    },
+    min_keys={"categories": 3, "warranty_types": 1, "products": 2, "batches": 2},
+)
 
-
-@st.composite
-def key_history(draw: st.DrawFn, table: SourceTable, key: int) -> list[Change]:
-    """The change events of one row: snapshot/insert, updates, deletes (+tombstones), reinserts.
-
-    Before-images are garbage on purpose: the engine must not read them.
-    """
-    # a row state three times out of four, else "absent"
-    maybe_row = st.integers(0, 3).flatmap(lambda n: row_strategy(table, key) if n else st.none())
-    states = draw(st.lists(maybe_row, min_size=1, max_size=4))
-    events: list[Change] = []
-    previous: dict[str, Any] | None = None
-    for i, after in enumerate(states):
-        junk = draw(st.none() | row_strategy(table, key))
-        if after is None:
-            if previous is not None or draw(st.booleans()):
-                events.append(Change(table, key, after=None, before=junk, op="d"))
-            if draw(st.booleans()):
-                events.append(Change(table, key, after=None, op="t"))
-        else:
-            op: Op = (
-                "u" if previous is not None else ("r" if i == 0 and draw(st.booleans()) else "c")
-            )
-            events.append(Change(table, key, after=after, before=junk, op=op))
-        previous = after
-    return events
-
-
-@st.composite
-def histories(draw: st.DrawFn) -> dict[tuple[SourceTable, int], list[Change]]:
-    out: dict[tuple[SourceTable, int], list[Change]] = {}
-    for table, ids in KEY_SPACE.items():
-        keys = st.lists(
-            st.sampled_from(ids), unique=True, min_size=MIN_KEYS[table], max_size=len(ids)
-        )
-        for key in draw(keys):
-            out[(table, key)] = draw(key_history(table, key))
-    return out
-
-
-def final_tables(history: Mapping[tuple[SourceTable, int], list[Change]]) -> dict[str, Rows]:
-    tables: dict[str, Rows] = {t: {} for t in KEY_SPACE}
-    for (table, key), events in history.items():
-        last = events[-1].after if events else None
-        if last is not None:
-            tables[table][key] = dict(last)
-    return tables
-
-
-def chain_reaches(categories: Rows, start: int, target: int) -> bool:
-    """Whether walking parents from ``start`` (through existing rows) meets ``target``."""
-    seen: set[int] = set()
-    current: int | None = start
-    while current is not None and current not in seen:
-        if current == target:
-            return True
-        seen.add(current)
-        row = categories.get(current)
-        current = None if row is None else row["parent_id"]
-    return False
-
-
-def has_cycle(categories: Rows) -> bool:
-    return any(
-        chain_reaches(categories, r["parent_id"], c)
-        for c, r in categories.items()
-        if r["parent_id"] is not None
-    )
-
-
-def expected_affected(state: SourceState, table: SourceTable, key: int) -> Affected:
-    """Exactly the keys a change can touch, by brute force over the whole state."""
-    cats, prods = dict(state.categories), dict(state.products)
-    if table == "batches":
-        return Affected(table, frozenset(), frozenset({key}))
-    if table == "categories":
-        pids = {p for p, r in prods.items() if chain_reaches(cats, r["category_id"], key)}
-    elif table == "warranty_types":
-        pids = {p for p, r in prods.items() if r["warranty_type_id"] == key}
-    else:
-        pids = {key}
-    bids = {b for b, r in state.batches.items() if r["product_id"] in pids}
-    return Affected(table, frozenset(pids), frozenset(bids))
-
-
-@settings(
+PROPERTY = settings(
     max_examples=PROPERTY_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(history=histories(), data=st.data())
+FEWER = settings(PROPERTY, max_examples=max(10, PROPERTY_EXAMPLES // 4))
+
+
+@PROPERTY
+@given(history=histories(SPACE), data=st.data())
 def test_views_converge_under_any_interleaving_replay_and_restart(
-    history: dict[tuple[SourceTable, int], list[Change]], data: st.DataObject
+    history: History, data: st.DataObject
 ) -> None:
     converge(Harness(), history, data)
 
 
-@settings(
-    max_examples=max(10, PROPERTY_EXAMPLES // 4),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(history=histories(), data=st.data())
-def test_views_converge_on_the_rocksdb_store(
-    history: dict[tuple[SourceTable, int], list[Change]], data: st.DataObject
-) -> None:
+@FEWER
+@given(history=histories(SPACE), data=st.data())
+def test_views_converge_on_the_rocksdb_store(history: History, data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = RocksStore(Path(tmp))
+        store = RocksStore(Path(tmp), GRAPH)
         try:
             converge(Harness(store=store), history, data)
         finally:
             store.close()
 
 
-def converge(
-    h: Harness, history: dict[tuple[SourceTable, int], list[Change]], data: st.DataObject
-) -> None:
-    """Deliver ``history`` in a drawn interleaving, with replays, restarts and crashes
-    between a state commit and its sink write; the sinks must equal the reference join
-    after every step."""
-    crashes = 0
-    pending = {k: deque(v) for k, v in history.items() if v}
-    delivered: dict[tuple[SourceTable, int], list[Change]] = {k: [] for k in pending}
-    replays = restarts = 0
-    saw_cycle = False
-    most_rows = 0
-    while any(pending.values()):
-        action = data.draw(st.integers(0, 15), label="action")
-        started = [k for k, v in delivered.items() if v]
-        if action == 0 and replays < 4 and started:
-            # consumer restart without commit: a suffix of one key's events comes again
-            key = data.draw(st.sampled_from(sorted(started)), label="replay key")
-            start = data.draw(st.integers(0, len(delivered[key]) - 1), label="replay from")
-            again = delivered[key][start:]
-            del delivered[key][start:]
-            pending[key].extendleft(reversed(again))
-            replays += 1
-            continue
-        if action == 1 and restarts < 3:
-            h.restart()
-            restarts += 1
-        ready = sorted(k for k, v in pending.items() if v)
-        key = data.draw(st.sampled_from(ready), label="deliver")
-        change = pending[key].popleft()
-        delivered[key].append(change)
-        if action == 2 and crashes < 3:
-            batch = [change]
-            for _ in range(data.draw(st.integers(0, 3), label="batch size") ):
-                more = sorted(k for k, v in pending.items() if v)
-                if not more:
-                    break
-                k2 = data.draw(st.sampled_from(more), label="batch member")
-                batch.append(pending[k2].popleft())
-                delivered[k2].append(batch[-1])
-            h.crash_after_state_commit(batch)
-            crashes += 1
-            assert h.sinks == reference_of(h.state)
-            continue
-        affected = h.apply(change)
-        want = expected_affected(h.state, change.table, change.key)
-        assert (affected.product_ids, affected.batch_ids) == (want.product_ids, want.batch_ids)
-        assert h.sinks == reference_of(h.state)
-        saw_cycle = saw_cycle or has_cycle(dict(h.state.categories))
-        most_rows = max(most_rows, len(h.sinks[ORDER]))
-    truth = final_tables(history)
-    assert dict(h.state.categories) == truth["categories"]
-    assert dict(h.state.warranty_types) == truth["warranty_types"]
-    assert dict(h.state.products) == truth["products"]
-    assert dict(h.state.batches) == truth["batches"]
-    assert h.sinks == reference_views(
-        truth["categories"], truth["warranty_types"], truth["products"], truth["batches"]
-    )
-    assert_indexes_rebuildable(h.engine)
-    event(f"events={min(sum(map(len, history.values())) // 20 * 20, 80)}+")
-    event(f"final batch view rows={min(len(h.sinks[PBATCH]), 3)}+")
-    event(f"final order view rows={min(len(h.sinks[ORDER]), 3)}+")
-    event(f"most order view rows at once={min(most_rows, 3)}+")
-    event(f"replays={replays}, restarts={restarts}, crashes={crashes}")
-    event(f"category cycle seen={saw_cycle}")
+def imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+#: The worker's own Pipeline (app.pipeline, which needs app.decode) drives the same core.
+needs_worker_pipeline = pytest.mark.skipif(not imports("app.pipeline"),
+                                           reason="app.pipeline does not import")
+
+
+@needs_worker_pipeline
+@FEWER
+@given(history=histories(SPACE), data=st.data())
+def test_views_converge_through_the_worker_pipeline(history: History,
+                                                    data: st.DataObject) -> None:
+    converge(Harness(kind="worker"), history, data)

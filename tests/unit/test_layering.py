@@ -14,7 +14,8 @@ RUNTIME = ["app.worker", "app.host", "app.wiring", "app.loop", "app.ownership", 
            "app.restore", "app.sink", "app.decode", "app.state", "app.join", "app.project",
            "app.views", "app.changes", "app.web", "app.status_model", "app.topic_range",
            "app.kafka_io", "app.messages"]
-PURE = ["app.changes", "app.views", "app.join", "app.project", "app.positions", "app.records"]
+PURE = ["app.graph", "app.changes", "app.views", "app.join", "app.project", "app.positions",
+        "app.records"]
 
 
 def _loaded_after_import(modules: list[str]) -> set[str]:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.metrics import FRESHNESS_BUCKETS, SOURCE_TABLES, Metrics
+from app.metrics import FRESHNESS_BUCKETS, Metrics
+from app.views import bundled_definitions
 
 
 def _value(m: Metrics, name: str, **labels: str) -> float:
@@ -20,16 +21,23 @@ def _value(m: Metrics, name: str, **labels: str) -> float:
 
 
 def test_registries_are_independent() -> None:
-    a, b = Metrics(worker="a"), Metrics(worker="b")
+    a, b = Metrics(worker="a", tables=["products"]), Metrics(worker="b", tables=["products"])
     a.events("products", 3)
     assert _value(a, "viewsync_source_events_total", table="products") == 3
     assert _value(b, "viewsync_source_events_total", table="products") == 0
 
 
-def test_every_source_table_has_a_series_from_the_start() -> None:
-    m = Metrics()
-    for table in SOURCE_TABLES:
+def test_every_declared_table_has_a_series_from_the_start() -> None:
+    tables = bundled_definitions().graph.names
+    m = Metrics(tables=tables)
+    for table in tables:
         assert _value(m, "viewsync_source_events_total", table=table) == 0
+    other = Metrics(tables=("brands", "items"))
+    assert _value(other, "viewsync_source_events_total", table="brands") == 0
+    assert other.registry.get_sample_value("viewsync_source_events_total",
+                                           {"table": "products"}) is None
+    other.events("variants", 2)  # a table not given: its series with its first event
+    assert _value(other, "viewsync_source_events_total", table="variants") == 2
 
 
 def test_counters_increase() -> None:
@@ -46,6 +54,24 @@ def test_counters_increase() -> None:
     assert _value(m, "viewsync_dead_letters_total") == 3
     with pytest.raises(ValueError):
         m.events("products", -1)
+
+
+def test_the_connector_as_the_supervisor_saw_it() -> None:
+    """A running total of restarts comes in with each check: the counter grows by what is
+    new, never twice for the same restart."""
+    m = Metrics()
+    assert _value(m, "viewsync_connector_running") == 0
+    assert _value(m, "viewsync_connector_restarts_total") == 0
+    assert _value(m, "viewsync_connector_last_restart_timestamp_seconds") == 0
+    m.connector(True, 0, None)
+    assert _value(m, "viewsync_connector_running") == 1
+    m.connector(False, 1, 1_700_000_000.0)
+    m.connector(False, 1, 1_700_000_000.0)
+    m.connector(None, 3, 1_700_000_050.0)  # Connect did not answer: not known to run
+    assert _value(m, "viewsync_connector_running") == 0
+    assert _value(m, "viewsync_connector_restarts_total") == 3
+    assert _value(m, "viewsync_connector_last_restart_timestamp_seconds") == 1_700_000_050.0
+    assert m.connector_restarts() == (3, 1_700_000_050.0)
 
 
 def test_sink_write_fills_both_histograms() -> None:
@@ -171,3 +197,20 @@ def test_the_worker_serves_metrics_and_its_page_over_http(served: tuple[Metrics,
         assert b"viewsync" in resp.read()
     with pytest.raises(urllib.error.HTTPError, match="404"):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=10)
+
+
+def test_the_status_json_has_the_restarts_of_this_workers_supervisor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.loop import Totals
+    from app.settings import load_settings
+    from app.status_model import Status
+    from app.web import Web
+
+    monkeypatch.setattr("app.web.status", lambda settings, counts: Status(connector="RUNNING"))
+    m = Metrics(worker="w")
+    web = Web(load_settings(), m, Totals)
+    assert web.status()["connector_restarts"] == {"count": 0, "last": None}
+    m.connector(True, 2, 1_700_000_000.0)
+    doc = web.status()
+    assert doc["connector"] == "RUNNING"
+    assert doc["connector_restarts"] == {"count": 2, "last": 1_700_000_000.0}

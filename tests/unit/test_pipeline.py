@@ -14,6 +14,7 @@ from app.pipeline import Pipeline
 from app.records import DeadLetter, RawRecord
 from app.restore import plan
 from app.state import MemoryStore, StateStore
+from app.views import bundled_definitions
 from tests.unit.debezium import DictSchemas, key, value
 from tests.unit.doubles import MemorySink, memory_loop, memory_pipeline
 
@@ -113,7 +114,7 @@ def test_done_only_after_the_write_and_one_write_in_flight(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("app.retry.FIRST_DELAY", 0.001)
     sink = MemorySink()
-    loop, s, dead = _loop(MemoryStore(), sink)
+    loop, s, dead = _loop(MemoryStore(bundled_definitions().graph), sink)
     acked: list[int] = []
 
     async def run() -> None:
@@ -143,7 +144,7 @@ def test_done_only_after_the_write_and_one_write_in_flight(
 def test_a_restarted_pipeline_replays_over_a_state_ahead_of_the_views() -> None:
     """State committed with positions 0..2, sink never written (crash): the replay from the
     group's offset 0 must rewrite every view, though the state already holds the rows."""
-    store = MemoryStore()
+    store = MemoryStore(bundled_definitions().graph)
     first, s = memory_pipeline(store=store), DictSchemas()
     records = [
         rec("categories", key(s, "categories", 1), value(s, "categories", "c", None, CAT), 0),

@@ -118,3 +118,130 @@ def test_the_stack_server_of_a_consumer_comes_from_the_views_file(
     s = load_settings()
     assert s.consumer_url("purchase") == load_settings(views_file=None).consumer_url("purchase")
     assert s.consumer_url("purchase").startswith("mysql+pymysql://")
+
+
+# --- endpoints that cannot parse are refused at load, naming the field ----------------------
+
+@pytest.mark.parametrize("bootstrap", [
+    "::not-a-host::", "kafka", "kafka:0", "kafka:65536", "kafka:port", "PLAINTEXT://kafka:9092",
+    "kafka:9092,", "a:1,,b:2", "bad host:9092", "1.2.3.999:9092", "[not-v6]:9092", "::1:9092",
+    "-kafka:9092"])
+def test_a_malformed_kafka_bootstrap_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                bootstrap: str) -> None:
+    monkeypatch.setenv("VIEWSYNC_KAFKA_BOOTSTRAP", bootstrap)
+    with pytest.raises(ConfigError, match=r"^invalid configuration: kafka_bootstrap "
+                       r"\(VIEWSYNC_KAFKA_BOOTSTRAP\): \S"):
+        load_settings()
+
+
+@pytest.mark.parametrize("bootstrap", [
+    "kafka:9092", "b1.example.com:9092,b2.example.com:9093", "10.0.0.1:9092", "[::1]:9092",
+    "kafka_1:29092, kafka_2:29092", "localhost:1"])
+def test_good_kafka_bootstraps_pass(monkeypatch: pytest.MonkeyPatch, bootstrap: str) -> None:
+    monkeypatch.setenv("VIEWSYNC_KAFKA_BOOTSTRAP", bootstrap)
+    assert load_settings().bootstrap() == bootstrap
+
+
+@pytest.mark.parametrize("field", ["schema_registry_url", "connect_url"])
+@pytest.mark.parametrize("url", [
+    "registry:8081", "ftp://registry:8081", "http://", "http://:8081/x", "http://bad host/",
+    "http://h:99999", "http://h:0", "http://h:port/", "https://[::1/x"])
+def test_a_malformed_http_endpoint_is_refused(field: str, url: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^invalid configuration: {field} "
+                       rf"\(VIEWSYNC_{field.upper()}\): \S"):
+        load_settings(**{field: url})
+
+
+@pytest.mark.parametrize("url", [
+    "http://registry:8081/apis/ccompat/v7", "https://registry.example:8443/apis/ccompat/v7",
+    "http://127.0.0.1:8083", "http://[::1]:8083/"])
+def test_good_http_endpoints_pass(url: str) -> None:
+    s = load_settings(schema_registry_url=url, connect_url=url)
+    assert (s.registry_url(), s.connect()) == (url, url)
+
+
+BAD_DB_URLS = ["not a url", "postgres://u:hunter2@h/db", "postgresql+psycopg://u:hunter2@h:99999/db",
+               "postgresql+psycopg://u:hunter2@h:port/db", "mysql+nodriver://u:hunter2@h/db",
+               "postgresql+psycopg://u:hunter2@bad host/db"]
+
+
+@pytest.mark.parametrize("url", BAD_DB_URLS)
+def test_a_malformed_source_url_is_refused_without_its_password(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("VIEWSYNC_SOURCE_URL", url)
+    with pytest.raises(ConfigError, match=r"source_url \(VIEWSYNC_SOURCE_URL\): \S") as exc:
+        load_settings()
+    assert "hunter2" not in str(exc.value)
+
+
+@pytest.mark.parametrize("url", BAD_DB_URLS)
+def test_a_malformed_consumer_url_is_refused_without_its_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.delenv("VIEWSYNC_ORDER_DB_URL", raising=False)
+    # the environment, as consumer_url reads it (a consumer of the stack or any other)
+    for var in ("VIEWSYNC_ORDER_DB_URL", "VIEWSYNC_INVENTORY_DB_URL"):
+        monkeypatch.setenv(var, url)
+        with pytest.raises(ConfigError, match=rf"{var.lower()[9:]} \({var}\): \S") as exc:
+            load_settings()
+        assert "hunter2" not in str(exc.value)
+        monkeypatch.delenv(var)
+    # a key of the file, consumer_db_urls of the file, an override
+    f = tmp_path / "viewsync.toml"
+    for text in (f"order_db_url = {url!r}\n", f"consumer_db_urls = {{ inventory = {url!r} }}\n"):
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=r"consumer_db_urls.*consumer '(order|inventory)'"
+                           ) as exc:
+            load_settings(f)
+        assert "hunter2" not in str(exc.value)
+    with pytest.raises(ConfigError, match=r"consumer 'purchase'") as exc:
+        load_settings(purchase_db_url=url)
+    assert "hunter2" not in str(exc.value)
+
+
+def test_an_override_beats_a_malformed_url_in_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """consumer_url never reads the environment's URL then: it is not checked either."""
+    monkeypatch.setenv("VIEWSYNC_ORDER_DB_URL", "not a url")
+    s = load_settings(order_db_url="postgresql+psycopg://u:p@h/order")
+    assert s.consumer_url("order") == "postgresql+psycopg://u:p@h/order"
+
+
+def test_good_database_urls_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIEWSYNC_SOURCE_URL", "mysql+pymysql://u:p@db.example:3306/product")
+    monkeypatch.setenv("VIEWSYNC_ORDER_DB_URL", "postgresql+psycopg://u:p%40ss@[::1]:5432/order")
+    monkeypatch.setenv("VIEWSYNC_INVENTORY_DB_URL", "")  # empty: the local stack's
+    s = load_settings(purchase_db_url="mysql+pymysql://u:p@h/purchase?ssl_check_hostname=false")
+    assert s.product_url() == "mysql+pymysql://u:p@db.example:3306/product"
+    assert s.consumer_url("order").endswith("@[::1]:5432/order")
+    assert s.consumer_url("purchase").startswith("mysql+pymysql://u:p@h/purchase")
+
+
+def test_the_cli_refuses_a_malformed_setting_at_once_naming_it() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, VIEWSYNC_KAFKA_BOOTSTRAP="::not-a-host::")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "app.cli", "worker"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert time.monotonic() - t0 < 30
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("viewsync: invalid configuration: kafka_bootstrap "
+                               "(VIEWSYNC_KAFKA_BOOTSTRAP): '::not-a-host::'"), lines
+
+
+def test_the_supervisor_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.connector_supervise, s.connector_check_interval_s) == (True, 10.0)
+    monkeypatch.setenv("VIEWSYNC_CONNECTOR_SUPERVISE", "false")
+    monkeypatch.setenv("VIEWSYNC_CONNECTOR_CHECK_INTERVAL_S", "2.5")
+    s = load_settings()
+    assert (s.connector_supervise, s.connector_check_interval_s) == (False, 2.5)
+    monkeypatch.setenv("VIEWSYNC_CONNECTOR_CHECK_INTERVAL_S", "0")
+    with pytest.raises(ConfigError, match=r"connector_check_interval_s "
+                       r"\(VIEWSYNC_CONNECTOR_CHECK_INTERVAL_S\)"):
+        load_settings()

@@ -29,6 +29,7 @@ from app.shards import (
     shard_of,
 )
 from app.state import MemoryStore
+from app.views import bundled_definitions
 from tests.unit.debezium import DictSchemas, key, value
 from tests.unit.doubles import CONTROL, MemorySink, memory_loop, no_dead_letters
 from tests.unit.test_join import reference_views
@@ -140,7 +141,7 @@ class Worker:
         self.source = source
         self.sink = sink
         self.metrics = metrics
-        self.store = MemoryStore()
+        self.store = MemoryStore(bundled_definitions().graph)
         self.committed: Positions = {}
         self.alive = False
         self.start()

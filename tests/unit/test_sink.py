@@ -3,12 +3,16 @@ exercised by tests/integration)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.schema import CreateTable
 
 from app.sink import delete_statement, dialect_for, upsert_statement, view_table
-from app.views import bundled_views, view_named
+from app.views import ViewDef, bundled_views, view_named
+from tests.unit.test_catalog import CATALOG
 
 VIEWS = bundled_views()
 ORDER_PRODUCT_VIEW = view_named("order.product_view", VIEWS)
@@ -19,8 +23,9 @@ def _sql(stmt: sa.Executable, dialect: sa.engine.Dialect) -> str:
     return str(stmt.compile(dialect=dialect))  # type: ignore[attr-defined]
 
 
-def test_view_tables_follow_the_definitions() -> None:
-    for view in VIEWS:
+@pytest.mark.parametrize("views", [VIEWS, CATALOG.views], ids=["bundled", "catalogue"])
+def test_view_tables_follow_the_definitions(views: tuple[ViewDef, ...]) -> None:
+    for view in views:
         t = view_table(view, sa.MetaData())
         assert [c.name for c in t.columns] == [c.name for c in view.columns]
         assert [c.name for c in t.primary_key.columns] == [view.key]
@@ -59,3 +64,23 @@ def test_delete_is_batched_by_key() -> None:
     sql = _sql(delete_statement(t, "batch_id"), mysql.dialect())
     assert sql.startswith("DELETE FROM batch_view WHERE batch_view.batch_id IN")
     assert "__[POSTCOMPILE_keys]" in sql  # one list parameter, expanded at execution
+
+
+def test_a_string_key_compares_byte_for_byte_on_mariadb() -> None:
+    """MariaDB's default collations equate ``acme`` and ``ACME``: a string key column gets
+    a binary collation (two keys that differ only by case are two rows)."""
+    items = view_table(view_named("shop.item_view", CATALOG.views), sa.MetaData())
+    ddl = str(CreateTable(items).compile(dialect=mysql.dialect()))
+    assert re.search(r"item_no VARCHAR\(32\) COLLATE utf8mb4_\w*bin NOT NULL", ddl), ddl
+    assert re.search(r"brand_code VARCHAR\(32\) NOT NULL", ddl), ddl  # not a key: as typed
+    assert "VARCHAR(32)" in str(CreateTable(items).compile(dialect=postgresql.dialect()))
+    variants = view_table(view_named("shop.variant_view", CATALOG.views), sa.MetaData())
+    assert "COLLATE" not in str(CreateTable(variants).compile(dialect=mysql.dialect()))
+
+
+def test_statements_of_a_string_keyed_view() -> None:
+    t = view_table(view_named("catalog.brand_view", CATALOG.views), sa.MetaData())
+    assert 'ON CONFLICT ("code") DO UPDATE SET' in _sql(
+        upsert_statement(t, "code", "postgresql"), postgresql.dialect())
+    assert _sql(delete_statement(t, "code"), mysql.dialect()).startswith(
+        "DELETE FROM brand_view WHERE brand_view.code IN")

@@ -46,3 +46,31 @@ def test_within_the_ttl_the_last_count_is_reused_then_counted_again(
     assert counts.count(engine, view) == 3
     # each view has its own count
     assert counts.count(engine, view_named("purchase.product_view", bundled_views())) == 3
+
+
+def test_a_failed_task_is_a_problem_with_its_trace_and_who_heals_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typing import Any
+
+    from app.settings import load_settings
+    from app.status_model import Status, _connector
+
+    trace = ("org.apache.kafka.connect.errors.ConnectException: Tolerance exceeded in error "
+             "handler\n\tat x.y(Z.java:1)\nCaused by: io.apicurio.registry.rest.client.exception."
+             "RestClientException: Connection refused\n")
+    doc: dict[str, Any] = {"name": "product-source", "connector": {"state": "RUNNING"},
+                           "tasks": [{"id": 0, "state": "FAILED", "trace": trace},
+                                     {"id": 1, "state": "UNASSIGNED"}]}
+    monkeypatch.setattr("app.connectors.ConnectClient.status", lambda self: doc)
+    st = Status()
+    _connector(load_settings(), st)
+    assert st.tasks == ["FAILED", "UNASSIGNED"]
+    assert st.problems == [
+        "connector task 0 is FAILED: org.apache.kafka.connect.errors.ConnectException: "
+        "Tolerance exceeded in error handler … Caused by: io.apicurio.registry.rest.client."
+        "exception.RestClientException: Connection refused (the workers restart it with "
+        "backoff)",
+        "connector task 1 is UNASSIGNED"]
+    st = Status()
+    _connector(load_settings(connector_supervise=False), st)
+    assert not st.problems[0].endswith("backoff)")
