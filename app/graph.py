@@ -67,8 +67,9 @@ class Hierarchy:
 
     @property
     def index(self) -> str:
-        """The name of its reverse index (parent key -> child keys)."""
-        return f"{self.source}.children"
+        """The name of its reverse index (parent key -> child keys); ``^`` keeps it apart
+        from a reference's (``<table>.<name>``: a name cannot hold ``^``)."""
+        return f"{self.source}^children"
 
 
 @dataclass(frozen=True)

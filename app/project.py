@@ -12,7 +12,7 @@ grain (or ``None`` when the view must not hold that key), following the declared
   invisible row is NULL, and so is every column reached through it (a LEFT JOIN of the whole
   branch);
 * a **path** is the label column of every ancestor from the root down, joined by the
-  hierarchy's separator.
+  hierarchy's separator (a NULL label is an empty one).
 
 Rows in the state are complete decoded source rows; a column missing from a stored row is
 a bug upstream and raises ``KeyError``.
@@ -86,7 +86,8 @@ def path_of(state: SourceState, hierarchy: Hierarchy, path: str, key: Key,
         if row is None:  # missing, or a cycle
             prefix = None
             break
-        chain.append((current, str(row[label])))
+        value = row[label]
+        chain.append((current, "" if value is None else str(value)))  # NULL: an empty label
         on_chain.add(current)
         current = row[parent]
     for k, name in reversed(chain):

@@ -426,8 +426,9 @@ class ConsumerSink:
         col = self.tables[view.name].c[view.key]
         with self.engine.connect() as conn:
             if view.key_type == "int":
+                # ((k % n) + n) % n: SQL's % keeps a negative key's sign, Python's does not
                 return {int(k) for (k,) in conn.execute(
-                    sa.select(col).where(col % shards == shard))}
+                    sa.select(col).where((col % shards + shards) % shards == shard))}
             # a stable hash the database cannot compute: every key, filtered here
             return {str(k) for (k,) in conn.execute(sa.select(col))
                     if shard_of(str(k), shards) == shard}

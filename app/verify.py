@@ -36,6 +36,7 @@ lag then, and says so.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -236,7 +237,9 @@ class Verifier:
         self.lagging = False
         self.max_examples = examples
         self.say = say
-        self.source = sa.create_engine(settings.product_url(), pool_pre_ping=True)
+        # UTC sessions: a TIMESTAMP reads as the UTC wall clock, as Debezium gives it
+        self.source = sa.create_engine(settings.product_url(), pool_pre_ping=True,
+                                       connect_args={"init_command": "SET time_zone = '+00:00'"})
         self.consumers = {v.consumer: sa.create_engine(settings.consumer_url(v.consumer),
                                                        pool_pre_ping=True) for v in self.views}
         self.rows_read = 0
@@ -347,7 +350,7 @@ class Verifier:
         for key in expected.keys() | actual.keys():
             want, got = expected.get(key), actual.get(key)
             if want is None or got is None or any(
-                    want.get(c.name) != got.get(c.name) for c in view.columns):
+                    not _same(want.get(c.name), got.get(c.name)) for c in view.columns):
                 out[key] = (want, got)
         return out
 
@@ -458,3 +461,16 @@ def verify(settings: Settings, views: Sequence[ViewDef], **kw: Any) -> list[View
         return v.run()
     finally:
         v.close()
+
+
+def _same(want: Any, got: Any) -> bool:
+    """Equal values; a point in time compares as its UTC instant whether or not it carries
+    a zone (the source's TIMESTAMP reads naive in a UTC session, the worker writes it with
+    its zone into a ``timestamptz`` column)."""
+    if isinstance(want, dt.datetime) and isinstance(got, dt.datetime):
+        return _utc(want) == _utc(got)
+    return bool(want == got)
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo is None else t.astimezone(dt.UTC).replace(tzinfo=None)

@@ -351,8 +351,12 @@ def parse_views(doc: Mapping[str, Any], where: str = "views file",
             if legacy:
                 grain = _LEGACY_GRAINS.get(grain, grain)
             if grain not in graph:
+                hint = (" (grains 'product'/'batch' and sources like 'products.sku' are the "
+                        "earlier format, read only in a file without [sources])"
+                        if grain in _LEGACY_GRAINS else "")
                 raise ViewFileError(f"{where}: {name}.grain: a source table (one of "
-                                    f"{', '.join(graph.names)}), not {spec.get('grain')!r}")
+                                    f"{', '.join(graph.names)}), not {spec.get('grain')!r}"
+                                    f"{hint}")
             cols = spec.get("columns")
             if not isinstance(cols, list) or not cols:
                 raise ViewFileError(f"{where}: {name}.columns: a list of columns")

@@ -98,7 +98,7 @@ def test_the_inventory_view_comes_from_the_file_alone_and_a_new_column_is_backfi
         # a column added to the definition: the table gains it and every row is backfilled
         worker.stop()
         views.write_text(base + INVENTORY.replace(
-            "\n]", '\n  { name = "name", source = "products.name", type = "text" },\n]'))
+            "\n]", '\n  { name = "name", source = "name", type = "text" },\n]'))
         worker.start()
         wl.run(20)
         wait_inventory(product_db, engine, worker, with_name=True)

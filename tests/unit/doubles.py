@@ -8,6 +8,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from app.graph import Key, shard_of
 from app.loop import BatchLoop
 from app.metrics import Metrics
 from app.pipeline import Pipeline
@@ -98,8 +99,8 @@ class MemorySink:
         self.shards[shard] = (epoch + 1, positions)
         return Claim(shard, {"db": epoch + 1}, {"db": positions})
 
-    def keys(self, view: ViewDef, shard: int, shards: int) -> set[int]:
-        return {k for k in self.rows.get(view.name, {}) if k % shards == shard}
+    def keys(self, view: ViewDef, shard: int, shards: int) -> set[Key]:
+        return {k for k in self.rows.get(view.name, {}) if shard_of(k, shards) == shard}
 
     def write(self, batches: Mapping[str, ViewBatch], progress: Progress | None = None) -> int:
         with self._lock:

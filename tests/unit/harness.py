@@ -264,6 +264,23 @@ class Space:
         return out
 
 
+INT_KEYS: tuple[Key, ...] = (1, 2, 3, 2**40)
+#: Strings that differ only by case or are not ASCII: each its own key.
+STRING_KEYS: tuple[Key, ...] = ("k", "K", "ß", "Ünï")
+
+
+def generic_space(graph: Graph, **kw: Any) -> Space:
+    """A space for any graph: a few integer or string keys per table (by its key type) and
+    two values for every other column (the core compares values, it never reads types)."""
+    keys = {s.name: INT_KEYS if s.key_type == "int" else STRING_KEYS for s in graph.sources}
+    return Space(
+        graph, keys=keys,
+        dangling={t: (9 if k[0] == 1 else "zz") for t, k in keys.items()},
+        values={s.name: dict.fromkeys(s.columns, st.sampled_from(["a", "b"]))
+                for s in graph.sources},
+        min_keys=dict.fromkeys(keys, 2), **kw)
+
+
 @st.composite
 def key_history(draw: st.DrawFn, space: Space, table: str, key: Key,
                 chosen: Mapping[str, Sequence[Key]]) -> list[Change]:

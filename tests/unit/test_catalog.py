@@ -27,13 +27,14 @@ from app.changes import Change
 from app.join import Affected
 from app.project import project
 from app.state import RocksStore, StateStore
-from app.views import ViewFileError, parse_definitions, view_named
+from app.views import ViewFileError, load_definitions, parse_definitions, view_named
 from tests.unit.harness import (
     Harness,
     History,
     Space,
     assert_indexes_rebuildable,
     converge,
+    generic_space,
     histories,
 )
 from tests.unit.test_join import FEWER, PROPERTY, needs_worker_pipeline
@@ -228,7 +229,7 @@ def test_the_graph_as_declared() -> None:
         "countries": "string", "brands": "string", "suppliers": "int", "item_groups": "int",
         "items": "string", "variants": "int"}
     assert set(GRAPH.index_columns) == {
-        "brands.country", "suppliers.country", "item_groups.market", "item_groups.children",
+        "brands.country", "suppliers.country", "item_groups.market", "item_groups^children",
         "items.brand", "items.group", "items.supplier", "items.origin", "variants.item"}
     assert [r.index for r in GRAPH.referrers("countries")] == [
         "brands.country", "suppliers.country", "item_groups.market", "items.origin"]
@@ -589,3 +590,15 @@ def test_the_catalogue_converges_on_the_rocksdb_store(history: History,
 def test_the_catalogue_converges_through_the_worker_pipeline(history: History,
                                                              data: st.DataObject) -> None:
     converge(harness(kind="worker"), history, data)
+
+
+#: The catalogue the project ships (schemas/examples/catalog), which CI runs end to end.
+SHIPPED = load_definitions(Path(__file__).resolve().parents[2] / "schemas" / "examples" /
+                           "catalog" / "views.toml")
+
+
+@FEWER
+@given(history=histories(generic_space(SHIPPED.graph)), data=st.data())
+def test_the_shipped_catalogue_example_converges(history: History,
+                                                 data: st.DataObject) -> None:
+    converge(Harness(SHIPPED), history, data)

@@ -35,7 +35,7 @@ DEFS = bundled_definitions()
 GRAPH = DEFS.graph
 VIEWS = DEFS.views
 #: The reverse indexes of the bundled graph: "<table>.<reference>", "<table>.children".
-CHILDREN, CATEGORY_PRODUCTS = "categories.children", "products.category"
+CHILDREN, CATEGORY_PRODUCTS = "categories^children", "products.category"
 WARRANTY_PRODUCTS, PRODUCT_BATCHES = "products.warranty", "batches.product"
 
 # --- rows ----------------------------------------------------------------------------------

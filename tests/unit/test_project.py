@@ -138,6 +138,13 @@ def test_path_names_may_contain_the_separator_or_be_empty() -> None:
     assert category_path(s, 2, Memo()) == " > a > b"
 
 
+def test_a_null_label_never_shows_as_the_text_none() -> None:
+    s = state(categories={1: cat(1, None, "Tools"), 2: cat(2, 1, "Saws")})
+    s.store("categories")[1] = dict(s.store("categories")[1], name=None)
+    # an empty label (documented), never the text 'None'
+    assert category_path(s, 2) == " > Saws"
+
+
 def test_path_of_another_hierarchy_with_several_paths_and_separator() -> None:
     h = Hierarchy("categories", "parent_id", " / ", {"path": "name", "codes": "code"})
     s = catalog()

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.graph import Key
 from app.views import Definitions, parse_definitions
-from tests.unit.harness import Harness, Space, converge, histories
-from tests.unit.test_join import FEWER
+from tests.unit.harness import Harness, Space, converge, generic_space, histories
+from tests.unit.test_join import PROPERTY
 
 
 @dataclass(frozen=True)
@@ -24,10 +23,6 @@ class Spec:
     text: str
     defs: Definitions
     space: Space
-
-
-INT_KEYS: list[Key] = [1, 2, 3]
-STR_KEYS: list[Key] = ["k", "K", "ß"]
 
 
 @st.composite
@@ -82,16 +77,11 @@ def specs(draw: st.DrawFn) -> Spec:
         lines += ["]", ""]
     text = "\n".join(lines)
     defs = parse_definitions(tomllib.loads(text), "random.toml")
-    keys = {f"t{i}": STR_KEYS if string[i] else INT_KEYS for i in range(n)}
-    space = Space(
-        defs.graph, keys=keys,
-        dangling={t: ("zz" if isinstance(k[0], str) else 9) for t, k in keys.items()},
-        values={f"t{i}": {"c": st.sampled_from(["a", "b"])} for i in range(n)},
-        min_keys={t: 2 for t in keys}, null_required=True)
+    space = generic_space(defs.graph, null_required=True)
     return Spec(text, defs, space)
 
 
-@FEWER
+@PROPERTY
 @given(spec=specs(), data=st.data())
 def test_any_graph_converges_to_the_reference_join(spec: Spec, data: st.DataObject) -> None:
     history = data.draw(histories(spec.space), label="history")

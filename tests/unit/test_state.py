@@ -20,7 +20,7 @@ from tests.unit.test_join import GRAPH, Harness, cat, prod, small_catalog
 def test_a_state_holds_one_store_per_declared_table_and_one_index_per_link() -> None:
     state = SourceState(GRAPH)
     assert list(state.tables) == ["categories", "warranty_types", "products", "batches"]
-    assert set(state.indexes) == {"categories.children", "products.category",
+    assert set(state.indexes) == {"categories^children", "products.category",
                                   "products.warranty", "batches.product"}
     with pytest.raises(ValueError, match="unknown source table"):
         state.store("brands")
@@ -32,7 +32,7 @@ def test_indexes_are_built_from_the_rows_given() -> None:
     state = SourceState(GRAPH, {"categories": {1: cat(1, None, "A"), 2: cat(2, 1, "B")},
                                 "products": {10: prod(10, 2, 7), 11: prod(11, 9)}})
     idx = JoinEngine(state).indexes()
-    assert idx["categories.children"] == {1: {2}}
+    assert idx["categories^children"] == {1: {2}}
     assert idx["products.category"] == {2: {10}, 9: {11}}
     assert idx["products.warranty"] == {7: {10}}
     assert idx["batches.product"] == {}
@@ -75,12 +75,12 @@ def test_uncommitted_writes_are_read_back_and_lost_by_a_crash(tmp_path: Path) ->
     h.put("categories", cat(1, None, "A"))  # committed by the harness
     h.pipeline.apply(Change("categories", 2, after=cat(2, 1, "B")))
     assert 2 in h.state.store("categories")  # read back before the commit
-    assert h.engine.indexes()["categories.children"] == {1: {2}}
+    assert h.engine.indexes()["categories^children"] == {1: {2}}
     store.close()  # no commit: the write is lost with the process
     again = RocksStore(tmp_path, GRAPH)
     try:
         assert dict(again.state.store("categories")) == {1: cat(1, None, "A")}
-        assert JoinEngine(again.state).indexes()["categories.children"] == {}
+        assert JoinEngine(again.state).indexes()["categories^children"] == {}
     finally:
         again.close()
 

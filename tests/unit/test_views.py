@@ -143,7 +143,7 @@ def test_a_path_is_read_only_of_a_hierarchy() -> None:
 # --- the views file ---------------------------------------------------------------------
 
 #: The Inventory view of CONTRACT.md in the earlier format (no [sources]).
-LEGACY_INVENTORY = (Path(__file__).parent / "fixtures" / "inventory.views.toml").read_text()
+LEGACY_INVENTORY = (Path(__file__).parent / "fixtures" / "inventory.legacy.views.toml").read_text()
 
 #: The same view in the file format with [sources] (appended to the bundled file).
 INVENTORY = """
