@@ -283,8 +283,18 @@ class Stack:
         )
         self.defn.mariadb_sql("product-db", sql)
 
+    def consumers_on(self, server: str) -> list[str]:
+        """The consumer databases the views file names on one server of the stack
+        (``[consumers.<name>] stack_server``; the consumers' PostgreSQL by default)."""
+        from app.views import consumers, stack_servers
+
+        servers = stack_servers(self.settings.views_file)
+        return [c for c in consumers(self.settings.views())
+                if servers.get(c, "postgresql") == server]
+
     def _bootstrap_purchase(self) -> None:
-        sql = _mariadb_user_sql(self.settings) + "CREATE DATABASE IF NOT EXISTS purchase;"
+        sql = _mariadb_user_sql(self.settings) + "".join(
+            f"CREATE DATABASE IF NOT EXISTS `{c}`;" for c in self.consumers_on("mariadb"))
         self.defn.mariadb_sql("purchase-db", sql)
 
     def _bootstrap_order(self) -> None:
@@ -293,8 +303,9 @@ class Stack:
         exists = self.defn.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{s.db_user}'").strip()
         verb = "ALTER" if exists else "CREATE"
         self.defn.psql(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{pw}'")
-        if not self.defn.psql("SELECT 1 FROM pg_database WHERE datname = 'order'").strip():
-            self.defn.psql(f'CREATE DATABASE "order" OWNER "{s.db_user}"')
+        for db in self.consumers_on("postgresql"):
+            if not self.defn.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip():
+                self.defn.psql(f'CREATE DATABASE "{db}" OWNER "{s.db_user}"')
 
     def down(self, *, purge: bool = False) -> None:
         say(f"viewsync stack down (state: {self.paths.state})")
@@ -314,11 +325,15 @@ class Stack:
         return rows
 
     def env_lines(self) -> list[str]:
+        """One ``export`` a setting: the source, every consumer database the views file
+        names, Kafka, the registry, Connect."""
+        from app.views import consumers
+
         s = self.settings
         pairs = [
             ("VIEWSYNC_SOURCE_URL", s.product_url()),
-            ("VIEWSYNC_ORDER_DB_URL", s.consumer_url("order")),
-            ("VIEWSYNC_PURCHASE_DB_URL", s.consumer_url("purchase")),
+            *((f"VIEWSYNC_{c.upper()}_DB_URL", s.consumer_url(c))
+              for c in consumers(s.views())),
             ("VIEWSYNC_KAFKA_BOOTSTRAP", s.bootstrap()),
             ("VIEWSYNC_SCHEMA_REGISTRY_URL", s.registry_url()),
             ("VIEWSYNC_CONNECT_URL", s.connect()),
