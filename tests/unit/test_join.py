@@ -9,7 +9,6 @@ from the contract, and the generic reference join over the declared graph
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import tempfile
 from collections.abc import Mapping
@@ -651,20 +650,6 @@ def test_views_converge_on_the_rocksdb_store(history: History, data: st.DataObje
             store.close()
 
 
-def imports(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-#: The worker's own Pipeline (app.pipeline, which needs app.decode) drives the same core.
-needs_worker_pipeline = pytest.mark.skipif(not imports("app.pipeline"),
-                                           reason="app.pipeline does not import")
-
-
-@needs_worker_pipeline
 @FEWER
 @given(history=histories(SPACE), data=st.data())
 def test_views_converge_through_the_worker_pipeline(history: History,
