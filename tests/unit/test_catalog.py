@@ -37,7 +37,7 @@ from tests.unit.harness import (
     generic_space,
     histories,
 )
-from tests.unit.test_join import FEWER, PROPERTY, needs_worker_pipeline
+from tests.unit.test_join import FEWER, PROPERTY
 
 CATALOG_TOML = """
 [sources.countries]
@@ -584,7 +584,6 @@ def test_the_catalogue_converges_on_the_rocksdb_store(history: History,
             store.close()
 
 
-@needs_worker_pipeline
 @FEWER
 @given(history=histories(SPACE), data=st.data())
 def test_the_catalogue_converges_through_the_worker_pipeline(history: History,
