@@ -3,10 +3,9 @@ in-memory sink per view, kept as the worker keeps the real ones; random change h
 drawn from the graph; and the convergence check against the generic reference join
 (``tests.unit.reference``).
 
-:class:`Harness` drives either the pure core the way ``app.pipeline.Pipeline`` does
-(:class:`CorePipeline`: ``apply``/``redo`` mark the dirty keys per view, ``take_batch``
-projects them with one shared memo, ``commit`` makes the state durable) or the worker's
-own :class:`~app.pipeline.Pipeline` (``pipeline="worker"``).
+:class:`Harness` drives the worker's own :class:`~app.pipeline.Pipeline` (``apply``/``redo``
+mark the dirty keys per view, ``take_batch`` projects them, ``commit`` makes the state
+durable), fed with changes instead of records.
 """
 
 from __future__ import annotations
@@ -15,18 +14,19 @@ import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from hypothesis import event
 from hypothesis import strategies as st
 
 from app.changes import Change, Op
+from app.decode import Decoder
 from app.graph import Graph, Key
 from app.join import Affected, JoinEngine
-from app.positions import Positions
-from app.project import Memo, ViewBatch, project_many
+from app.pipeline import Pipeline
 from app.state import MemoryStore, SourceState, StateStore
 from app.views import Definitions, ViewDef
+from tests.unit.debezium import DictSchemas
 from tests.unit.reference import Views, has_cycle, reference_affected, reference_join
 
 Rows = dict[Key, dict[str, Any]]
@@ -35,62 +35,10 @@ History = dict[tuple[str, Key], list[Change]]
 PROPERTY_EXAMPLES = int(os.environ.get("VIEWSYNC_PROPERTY_EXAMPLES", "200"))
 
 
-class PipelineLike(Protocol):
-    engine: JoinEngine
-    positions: Positions
-
-    def apply(self, change: Change, prune: bool = True) -> Affected: ...
-
-    def redo(self, change: Change) -> Affected: ...
-
-    def take_batch(self) -> tuple[dict[str, ViewBatch], int]: ...
-
-    def commit(self) -> Positions: ...
-
-
-class CorePipeline:
-    """``Pipeline.apply/redo/take_batch/commit`` on the pure core alone (no decoder)."""
-
-    def __init__(self, store: StateStore, views: Sequence[ViewDef]) -> None:
-        self.store = store
-        self.state = store.state
-        self.views = tuple(views)
-        self.engine = JoinEngine(self.state)
-        self.positions: Positions = {}
-        self._dirty: dict[str, set[Key]] = {v.name: set() for v in self.views}
-        self._changes = 0
-
-    def apply(self, change: Change, prune: bool = True) -> Affected:
-        return self._mark(self.engine.apply(change, prune=prune))
-
-    def redo(self, change: Change) -> Affected:
-        return self._mark(self.engine.affected(change.table, change.key))
-
-    def _mark(self, affected: Affected) -> Affected:
-        self._changes += 1
-        for view in self.views:
-            self._dirty[view.name] |= affected.keys_for(view)
-        return affected
-
-    def take_batch(self) -> tuple[dict[str, ViewBatch], int]:
-        memo = Memo()
-        out = {v.name: project_many(self.state, v, self._dirty[v.name], memo)
-               for v in self.views if self._dirty[v.name]}
-        self._dirty = {v.name: set() for v in self.views}
-        changes, self._changes = self._changes, 0
-        return out, changes
-
-    def commit(self) -> Positions:
-        positions, self.positions = self.positions, {}
-        self.store.commit(positions)
-        return positions
-
-
-def worker_pipeline(store: StateStore, views: Sequence[ViewDef]) -> PipelineLike:
-    """The worker's own pipeline (``app.pipeline``) over ``store`` (no records decoded)."""
-    from app.pipeline import Pipeline
-
-    return Pipeline(None, store, views)  # type: ignore[arg-type]
+def worker_pipeline(store: StateStore, views: Sequence[ViewDef]) -> Pipeline:
+    """The worker's own pipeline (``app.pipeline``) over ``store``; the harness feeds it
+    changes, so its decoder reads no topic."""
+    return Pipeline(Decoder(DictSchemas(), {}, store.state.graph), store, views)
 
 
 def tables_of(state: SourceState) -> dict[str, Rows]:
@@ -112,7 +60,6 @@ class Harness:
 
     defs: Definitions
     store: StateStore | None = None
-    pipeline_kind: Literal["core", "worker"] = "core"
     sinks: dict[str, Rows] = field(default_factory=dict)
     #: Further oracles the sinks must equal (tables -> views), e.g. the demo's own.
     oracles: tuple[Callable[[Mapping[str, Rows]], Views], ...] = ()
@@ -123,11 +70,9 @@ class Harness:
         self.sinks = {v.name: {} for v in self.views}
         self.pipeline = self._pipeline()
 
-    def _pipeline(self) -> PipelineLike:
+    def _pipeline(self) -> Pipeline:
         assert self.store is not None
-        if self.pipeline_kind == "worker":
-            return worker_pipeline(self.store, self.views)
-        return CorePipeline(self.store, self.views)
+        return worker_pipeline(self.store, self.views)
 
     @property
     def graph(self) -> Graph:

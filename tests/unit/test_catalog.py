@@ -192,8 +192,8 @@ def variant(vid: int, no: str | None, color: str = "red") -> dict[str, Any]:
             "in_stock": True}
 
 
-def harness(store: StateStore | None = None, kind: str = "core") -> Harness:
-    return Harness(CATALOG, store=store, pipeline_kind=kind)  # type: ignore[arg-type]
+def harness(store: StateStore | None = None) -> Harness:
+    return Harness(CATALOG, store=store)
 
 
 def shop(h: Harness) -> None:
@@ -582,13 +582,6 @@ def test_the_catalogue_converges_on_the_rocksdb_store(history: History,
             converge(harness(store), history, data)
         finally:
             store.close()
-
-
-@FEWER
-@given(history=histories(SPACE), data=st.data())
-def test_the_catalogue_converges_through_the_worker_pipeline(history: History,
-                                                             data: st.DataObject) -> None:
-    converge(harness(kind="worker"), history, data)
 
 
 #: The catalogue the project ships (schemas/examples/catalog), which CI runs end to end.

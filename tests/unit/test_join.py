@@ -164,10 +164,9 @@ def test_reference_covers_every_view() -> None:
 # --- a worker without Kafka over the bundled example ---------------------------------------
 
 
-def Harness(store: StateStore | None = None, kind: str = "core") -> harness.Harness:
+def Harness(store: StateStore | None = None) -> harness.Harness:
     """The harness over the bundled example, checked against both oracles."""
-    return harness.Harness(DEFS, store=store, pipeline_kind=kind,  # type: ignore[arg-type]
-                           oracles=(demo_oracle,))
+    return harness.Harness(DEFS, store=store, oracles=(demo_oracle,))
 
 
 def assert_indexes_rebuildable(engine: JoinEngine) -> None:
@@ -648,10 +647,3 @@ def test_views_converge_on_the_rocksdb_store(history: History, data: st.DataObje
             converge(Harness(store=store), history, data)
         finally:
             store.close()
-
-
-@FEWER
-@given(history=histories(SPACE), data=st.data())
-def test_views_converge_through_the_worker_pipeline(history: History,
-                                                    data: st.DataObject) -> None:
-    converge(Harness(kind="worker"), history, data)
